@@ -1,0 +1,210 @@
+"""Webhook endpoints: the table, the API schemas, and every query on them.
+
+One model family per resource: ``EndpointCreate`` / ``EndpointReplace`` /
+``EndpointPatch`` in, ``EndpointPublic`` / ``EndpointWithSecret`` out, and the
+``Endpoint`` table. Every query takes the caller's account, so another
+account's endpoint is indistinguishable from one that does not exist.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import Field as PydanticField
+from sqlalchemy import JSON, Index, func
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from dispatcher.signing import new_secret
+from models.base import UTCDateTime, new_id, utcnow
+from models.errors import InvalidInput, NotFound
+from models.event_types import EventType
+
+MAX_URL_LENGTH = 2048
+
+
+def _check_url(url: str) -> str:
+    """Structural URL checks; whether ``http://`` is allowed is decided per request."""
+    url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"must be at most {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("must be an absolute https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials (user:password@)")
+    if parts.fragment or url.endswith("#"):
+        raise ValueError("must not contain a fragment (#...)")
+    return url
+
+
+def _fold_events(events: list[EventType]) -> list[EventType]:
+    if not events:
+        raise ValueError("must list at least one event type")
+    return list(dict.fromkeys(events))  # duplicates folded, order kept
+
+
+EndpointUrl = Annotated[
+    str,
+    AfterValidator(_check_url),
+    PydanticField(examples=["https://yourapp.com/webhooks/sentinmail"]),
+]
+EventList = Annotated[
+    list[EventType],
+    AfterValidator(_fold_events),
+    PydanticField(examples=[["delivered", "opened", "clicked", "bounced", "unsubscribed"]]),
+]
+RateLimit = Annotated[
+    float | None,
+    PydanticField(gt=0, le=100_000, description="Requests per second to this endpoint."),
+]
+
+
+class EndpointReplace(BaseModel):
+    """Body of ``PUT``: the URL and the subscribed event types, both required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: EndpointUrl
+    events: EventList
+
+
+class EndpointCreate(EndpointReplace):
+    """Body of ``POST``: as ``PUT``, plus an optional rate limit."""
+
+    rate_limit: RateLimit = None
+
+
+class EndpointPatch(BaseModel):
+    """Body of ``PATCH``: any subset of the mutable fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: EndpointUrl | None = None
+    events: EventList | None = None
+    enabled: bool | None = None
+    rate_limit: RateLimit = None
+
+
+class EndpointPublic(BaseModel):
+    """An endpoint as listed: everything but its secret."""
+
+    id: str
+    url: str
+    events: list[EventType]
+    enabled: bool
+    disabled_reason: str | None
+    rate_limit: float | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class EndpointWithSecret(EndpointPublic):
+    """An endpoint with the secret its deliveries are signed with."""
+
+    secret: str = PydanticField(examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
+
+
+class EndpointPage(BaseModel):
+    """One page of endpoints, newest first."""
+
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[EndpointPublic]
+
+
+class Endpoint(SQLModel, table=True):
+    """A customer's HTTPS endpoint and the event types it subscribes to."""
+
+    __table_args__ = (Index("ix_endpoint_account_id", "account_id", "created_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    account_id: str = Field(foreign_key="account.id", max_length=36)
+    url: str = Field(max_length=MAX_URL_LENGTH)
+    events: list[str] = Field(sa_type=JSON)
+    secret: str = Field(default_factory=new_secret, max_length=64)
+    enabled: bool = True
+    disabled_reason: str | None = Field(default=None, max_length=500)
+    rate_limit: float | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+def require_scheme(url: str, *, allow_http: bool) -> None:
+    """Refuse ``http://`` unless the service runs in development mode."""
+    if not allow_http and urlsplit(url).scheme != "https":
+        raise InvalidInput(
+            ("body", "url"), "must be an absolute https:// URL (http:// is allowed only in --dev)"
+        )
+
+
+def create_endpoint(session: Session, account_id: str, data: EndpointCreate) -> Endpoint:
+    """Store a new endpoint for the account and commit."""
+    endpoint = Endpoint(
+        account_id=account_id,
+        url=data.url,
+        events=[e.value for e in data.events],
+        rate_limit=data.rate_limit,
+    )
+    session.add(endpoint)
+    session.commit()
+    session.refresh(endpoint)
+    return endpoint
+
+
+def get_endpoint(session: Session, account_id: str, endpoint_id: str) -> Endpoint:
+    """The account's endpoint ``endpoint_id``; NotFound for anyone else's."""
+    endpoint = session.exec(
+        select(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.account_id == account_id)
+    ).first()
+    if endpoint is None:
+        raise NotFound("endpoint", endpoint_id)
+    return endpoint
+
+
+def list_endpoints(
+    session: Session, account_id: str, *, limit: int, offset: int
+) -> tuple[int, list[Endpoint]]:
+    """The total count and one page of the account's endpoints, newest first."""
+    mine = Endpoint.account_id == account_id
+    count = session.exec(select(func.count()).select_from(Endpoint).where(mine)).one()
+    page = session.exec(
+        select(Endpoint)
+        .where(mine)
+        .order_by(col(Endpoint.created_at).desc(), col(Endpoint.id).desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return count, list(page)
+
+
+def update_endpoint(
+    session: Session, account_id: str, endpoint_id: str, changes: dict[str, Any]
+) -> Endpoint:
+    """Apply ``changes`` (already validated field values) and commit."""
+    endpoint = get_endpoint(session, account_id, endpoint_id)
+    for field, value in changes.items():
+        if field == "events":
+            value = [EventType(e).value for e in value]
+        setattr(endpoint, field, value)
+    if changes.get("enabled") is True:
+        endpoint.disabled_reason = None
+    endpoint.updated_at = utcnow()
+    session.add(endpoint)
+    session.commit()
+    session.refresh(endpoint)
+    return endpoint
+
+
+def delete_endpoint(session: Session, account_id: str, endpoint_id: str) -> None:
+    """Delete the account's endpoint and commit."""
+    endpoint = get_endpoint(session, account_id, endpoint_id)
+    session.delete(endpoint)
+    session.commit()

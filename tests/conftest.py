@@ -1,0 +1,114 @@
+"""Fixtures shared by the suite: a migrated database per test, on every backend.
+
+Every test that asks for ``database_url`` (or ``engine``, ``client``...) runs
+against SQLite, and also against PostgreSQL when ``SENTINMAIL_TEST_DATABASE_URL``
+points at a server (``.ci/run`` sets it). The PostgreSQL database is created
+with a unique name for the session, migrated once, emptied before each test
+and dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, SQLModel
+
+import models.tables  # noqa: F401 - the metadata lists every table
+from api.app import create_app
+from dispatcher.settings import Settings
+from models import accounts, migrate
+from models.db import make_engine
+
+PG_SERVER = os.environ.get("SENTINMAIL_TEST_DATABASE_URL")
+BACKENDS = ["sqlite", *(["postgresql"] if PG_SERVER else [])]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database backend of this run of the test."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of this session, migrated, dropped at the end."""
+    assert PG_SERVER, "SENTINMAIL_TEST_DATABASE_URL is not set"
+    name = f"sentinmail_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def database_url(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> str:
+    """The URL of an empty, migrated database for this test."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db')}/sentinmail.db"
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+        return url
+    url = str(request.getfixturevalue("postgres_database"))
+    engine = make_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on this test's database."""
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Production defaults (https only) on this test's database."""
+    return Settings(database_url=database_url)
+
+
+@pytest.fixture
+def client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
+    """A test client on an app built for this test."""
+    with TestClient(create_app(settings, engine)) as test_client:
+        yield test_client
+
+
+def make_key(engine: Engine, account: str) -> str:
+    """A new live key of ``account``."""
+    with Session(engine) as session:
+        return accounts.create_key(session, account)[1]
+
+
+@pytest.fixture
+def api_key(engine: Engine) -> str:
+    """A key of the account ``acme``."""
+    return make_key(engine, "acme")
+
+
+@pytest.fixture
+def other_key(engine: Engine) -> str:
+    """A key of another account, ``globex``."""
+    return make_key(engine, "globex")
