@@ -1,0 +1,36 @@
+"""``create_app(settings)``: the FastAPI application, built per process or per test."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from api import errors
+from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
+from api.routes import endpoints, health
+from dispatcher.settings import Settings
+from models.db import make_engine
+
+ENDPOINT_BODY_LIMIT = 64 * 1024
+EVENTS_BODY_LIMIT = 1024 * 1024
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """Build the API on ``settings``; ``engine`` defaults to one on its database URL."""
+    app = FastAPI(
+        title="SentinMail webhooks",
+        version="0.1.0",
+        description="Register HTTPS endpoints and receive SentinMail email events on them.",
+        redirect_slashes=False,
+    )
+    app.state.settings = settings
+    app.state.engine = engine or make_engine(settings.database_url)
+    errors.install(app)
+    app.include_router(endpoints.router)
+    app.include_router(health.router)
+    app.add_middleware(
+        BodyLimit, default=ENDPOINT_BODY_LIMIT, limits={"/api/emails/events/": EVENTS_BODY_LIMIT}
+    )
+    app.add_middleware(AssumeJson)
+    app.add_middleware(OptionalTrailingSlash)
+    return app

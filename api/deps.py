@@ -1,0 +1,48 @@
+"""Request dependencies as ``Annotated`` aliases: the session, settings and caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
+from sqlmodel import Session
+
+from dispatcher.settings import Settings
+from models.accounts import Account, authenticate
+
+api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="Your SentinMail API key."
+)
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request, on the app's engine."""
+    with Session(request.app.state.engine) as session:
+        yield session
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_account(
+    session: SessionDep, key: Annotated[str | None, Security(api_key_header)]
+) -> Account:
+    """The account whose live key is in ``X-API-Key``; 401 otherwise."""
+    if not key:
+        raise HTTPException(401, "missing X-API-Key header")
+    account = authenticate(session, key)
+    if account is None:
+        raise HTTPException(401, "invalid or revoked API key")
+    return account
+
+
+AccountDep = Annotated[Account, Depends(get_account)]

@@ -1,0 +1,110 @@
+"""``/api/emails/webhook-endpoints/``: register, list, read, replace, patch, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from api.deps import AccountDep, SessionDep, SettingsDep
+from models import endpoints as store
+from models.endpoints import (
+    EndpointCreate,
+    EndpointPage,
+    EndpointPatch,
+    EndpointPublic,
+    EndpointReplace,
+    EndpointWithSecret,
+)
+from models.errors import InvalidInput
+
+router = APIRouter(prefix="/api/emails/webhook-endpoints", tags=["webhook endpoints"])
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such endpoint for this account."}
+}
+
+
+@router.post("/", status_code=status.HTTP_201_CREATED, response_model=EndpointWithSecret)
+def create_endpoint(
+    body: EndpointCreate, account: AccountDep, session: SessionDep, settings: SettingsDep
+) -> EndpointWithSecret:
+    """Register an endpoint. The response carries the secret its deliveries are signed with."""
+    store.require_scheme(body.url, allow_http=settings.dev)
+    endpoint = store.create_endpoint(session, account.id, body)
+    return EndpointWithSecret.model_validate(endpoint, from_attributes=True)
+
+
+@router.get("/", response_model=EndpointPage)
+def list_endpoints(
+    request: Request,
+    account: AccountDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> EndpointPage:
+    """The caller's endpoints, newest first, without their secrets."""
+    count, page = store.list_endpoints(session, account.id, limit=limit, offset=offset)
+    url = request.url.remove_query_params(["limit", "offset"])
+    after = offset + limit
+    return EndpointPage(
+        count=count,
+        next=str(url.include_query_params(limit=limit, offset=after)) if after < count else None,
+        previous=(
+            str(url.include_query_params(limit=limit, offset=max(offset - limit, 0)))
+            if offset > 0
+            else None
+        ),
+        results=[EndpointPublic.model_validate(e, from_attributes=True) for e in page],
+    )
+
+
+@router.get("/{endpoint_id}/", response_model=EndpointWithSecret, responses=NOT_FOUND)
+def get_endpoint(endpoint_id: str, account: AccountDep, session: SessionDep) -> EndpointWithSecret:
+    """One endpoint, with its secret."""
+    endpoint = store.get_endpoint(session, account.id, endpoint_id)
+    return EndpointWithSecret.model_validate(endpoint, from_attributes=True)
+
+
+@router.put("/{endpoint_id}/", response_model=EndpointWithSecret, responses=NOT_FOUND)
+def replace_endpoint(
+    endpoint_id: str,
+    body: EndpointReplace,
+    account: AccountDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> EndpointWithSecret:
+    """Replace the URL and the subscribed events."""
+    store.require_scheme(body.url, allow_http=settings.dev)
+    endpoint = store.update_endpoint(session, account.id, endpoint_id, dict(body))
+    return EndpointWithSecret.model_validate(endpoint, from_attributes=True)
+
+
+@router.patch("/{endpoint_id}/", response_model=EndpointWithSecret, responses=NOT_FOUND)
+def patch_endpoint(
+    endpoint_id: str,
+    body: EndpointPatch,
+    account: AccountDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> EndpointWithSecret:
+    """Change any of ``url``, ``events``, ``enabled`` and ``rate_limit``.
+
+    ``rate_limit: null`` removes the limit; ``enabled: true`` re-enables an
+    endpoint that was disabled and clears the reason.
+    """
+    changes = body.model_dump(exclude_unset=True)
+    for field in ("url", "events", "enabled"):
+        if field in changes and changes[field] is None:
+            raise InvalidInput(("body", field), "may not be null")
+    if "url" in changes:
+        store.require_scheme(changes["url"], allow_http=settings.dev)
+    endpoint = store.update_endpoint(session, account.id, endpoint_id, changes)
+    return EndpointWithSecret.model_validate(endpoint, from_attributes=True)
+
+
+@router.delete("/{endpoint_id}/", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+def delete_endpoint(endpoint_id: str, account: AccountDep, session: SessionDep) -> Response:
+    """Delete an endpoint; nothing more is delivered to it."""
+    store.delete_endpoint(session, account.id, endpoint_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

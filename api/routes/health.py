@@ -1,0 +1,24 @@
+"""``/healthz``: is the service able to do its job right now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz(request: Request) -> JSONResponse:
+    """200 when the database answers, 503 otherwise; the body says what is wrong."""
+    body: dict[str, Any] = {"status": "ok", "database": "ok"}
+    try:
+        with request.app.state.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        body.update(status="unavailable", database=f"error: {type(exc).__name__}")
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
