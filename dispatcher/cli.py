@@ -1,0 +1,132 @@
+"""The ``sentinmail`` command: serve the API, manage keys, migrate the database."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import Session
+
+from dispatcher.settings import Settings, load_settings
+from models import accounts, migrate
+from models.db import make_engine
+from models.errors import NotFound
+
+app = typer.Typer(help="SentinMail webhook delivery service.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+
+err = Console(stderr=True)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL; overrides SENTINMAIL_DATABASE_URL."),
+    ] = None,
+) -> None:
+    overrides = {} if database_url is None else {"database_url": database_url}
+    ctx.obj = load_settings(**overrides)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Development mode: allow http:// and loopback.")
+    ] = False,
+) -> None:
+    """Migrate the database, then serve the API."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = _settings(ctx)
+    if dev:
+        settings = settings.model_copy(update={"dev": True})
+    engine = make_engine(settings.database_url)
+    migrate.upgrade(engine)
+    with Session(engine) as session:
+        if not accounts.any_key_exists(session):
+            _, plain = accounts.create_key(session, "default")
+            err.print(
+                "No API key existed: created one for account [bold]default[/]. "
+                "It is shown only this once:"
+            )
+            print(plain, flush=True)
+    if settings.dev:
+        err.print("[yellow]Development mode: http:// URLs and loopback destinations allowed.[/]")
+    uvicorn.run(create_app(settings, engine), host=host, port=port, log_level="info")
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    account: Annotated[str, typer.Option(help="Account the key belongs to (created if new).")],
+) -> None:
+    """Create an API key; it is printed once, alone on the last line."""
+    engine = make_engine(_settings(ctx).database_url)
+    migrate.upgrade(engine)
+    with Session(engine) as session:
+        row, plain = accounts.create_key(session, account)
+        err.print(
+            f"Created key {row.prefix}… for account {account!r}. Store it now: "
+            "it cannot be shown again."
+        )
+    print(plain)
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context) -> None:
+    """List keys by prefix and account; keys themselves are never shown."""
+    engine = make_engine(_settings(ctx).database_url)
+    migrate.upgrade(engine)
+    table = Table("prefix", "account", "created", "revoked")
+    with Session(engine) as session:
+        for key, account in accounts.list_keys(session):
+            revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
+            table.add_row(
+                key.prefix, account.name, key.created_at.isoformat(timespec="seconds"), revoked
+            )
+    Console(width=120).print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    ctx: typer.Context, prefix: Annotated[str, typer.Argument(help="The key's prefix.")]
+) -> None:
+    """Revoke the key with this prefix; requests with it get 401 from now on."""
+    engine = make_engine(_settings(ctx).database_url)
+    migrate.upgrade(engine)
+    with Session(engine) as session:
+        try:
+            accounts.revoke_key(session, prefix)
+        except NotFound:
+            err.print(f"[red]No key with prefix {prefix!r}.[/]")
+            raise typer.Exit(1) from None
+    print(f"revoked {prefix}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Apply every pending migration."""
+    migrate.upgrade(make_engine(_settings(ctx).database_url))
+    print("database is up to date")
+
+
+def main() -> None:
+    """Entry point of the ``sentinmail`` console script."""
+    app()
