@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from dispatcher.settings import Settings, load_settings
@@ -38,6 +41,17 @@ def _root(
 def _settings(ctx: typer.Context) -> Settings:
     settings: Settings = ctx.obj
     return settings
+
+
+@contextmanager
+def _migrated(ctx: typer.Context) -> Iterator[Engine]:
+    """An engine on the migrated database, disposed of afterwards."""
+    engine = make_engine(_settings(ctx).database_url)
+    try:
+        migrate.upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 @app.command()
@@ -78,9 +92,7 @@ def keys_create(
     account: Annotated[str, typer.Option(help="Account the key belongs to (created if new).")],
 ) -> None:
     """Create an API key; it is printed once, alone on the last line."""
-    engine = make_engine(_settings(ctx).database_url)
-    migrate.upgrade(engine)
-    with Session(engine) as session:
+    with _migrated(ctx) as engine, Session(engine) as session:
         row, plain = accounts.create_key(session, account)
         err.print(
             f"Created key {row.prefix}… for account {account!r}. Store it now: "
@@ -92,10 +104,8 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(ctx: typer.Context) -> None:
     """List keys by prefix and account; keys themselves are never shown."""
-    engine = make_engine(_settings(ctx).database_url)
-    migrate.upgrade(engine)
     table = Table("prefix", "account", "created", "revoked")
-    with Session(engine) as session:
+    with _migrated(ctx) as engine, Session(engine) as session:
         for key, account in accounts.list_keys(session):
             revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
             table.add_row(
@@ -109,9 +119,7 @@ def keys_revoke(
     ctx: typer.Context, prefix: Annotated[str, typer.Argument(help="The key's prefix.")]
 ) -> None:
     """Revoke the key with this prefix; requests with it get 401 from now on."""
-    engine = make_engine(_settings(ctx).database_url)
-    migrate.upgrade(engine)
-    with Session(engine) as session:
+    with _migrated(ctx) as engine, Session(engine) as session:
         try:
             accounts.revoke_key(session, prefix)
         except NotFound:
@@ -123,8 +131,8 @@ def keys_revoke(
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
     """Apply every pending migration."""
-    migrate.upgrade(make_engine(_settings(ctx).database_url))
-    print("database is up to date")
+    with _migrated(ctx):
+        print("database is up to date")
 
 
 def main() -> None:
