@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from api import errors
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
-from api.routes import endpoints, health
+from api.routes import endpoints, events, health
 from dispatcher.settings import Settings
 from models.db import make_engine
+
+if TYPE_CHECKING:
+    from dispatcher.launch import Dispatcher
 
 ENDPOINT_BODY_LIMIT = 64 * 1024
 EVENTS_BODY_LIMIT = 1024 * 1024
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """Build the API on ``settings``; ``engine`` defaults to one on its database URL."""
+def create_app(
+    settings: Settings, engine: Engine | None = None, dispatcher: Dispatcher | None = None
+) -> FastAPI:
+    """Build the API on ``settings``; ``engine`` defaults to one on its database URL.
+
+    Without a ``dispatcher`` the API still accepts and stores everything; the
+    deliveries wait in the database for a dispatcher to claim them.
+    """
     app = FastAPI(
         title="SentinMail webhooks",
         version="0.1.0",
@@ -25,8 +36,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
+    app.state.dispatcher = dispatcher
     errors.install(app)
     app.include_router(endpoints.router)
+    app.include_router(events.router)
     app.include_router(health.router)
     app.add_middleware(
         BodyLimit, default=ENDPOINT_BODY_LIMIT, limits={"/api/emails/events/": EVENTS_BODY_LIMIT}

@@ -12,6 +12,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from dispatcher.listen import listen
 from dispatcher.settings import Settings, load_settings
 from models import accounts, migrate
 from models.db import make_engine
@@ -67,6 +68,7 @@ def serve(
     import uvicorn
 
     from api.app import create_app
+    from dispatcher.launch import init_ray, start_dispatcher
 
     settings = _settings(ctx)
     if dev:
@@ -83,7 +85,14 @@ def serve(
             print(plain, flush=True)
     if settings.dev:
         err.print("[yellow]Development mode: http:// URLs and loopback destinations allowed.[/]")
-    uvicorn.run(create_app(settings, engine), host=host, port=port, log_level="info")
+    err.print("Starting the dispatcher on Ray…")
+    init_ray(settings)
+    dispatcher = start_dispatcher(settings)
+    err.print(f"Dispatcher ready: {len(dispatcher.workers)} delivery actor(s).")
+    uvicorn.run(create_app(settings, engine, dispatcher), host=host, port=port, log_level="info")
+
+
+app.command()(listen)
 
 
 @keys_app.command("create")

@@ -8,17 +8,18 @@ account's endpoint is indistinguishable from one that does not exist.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic import Field as PydanticField
-from sqlalchemy import JSON, Index, func
+from sqlalchemy import JSON, Index, func, update
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from dispatcher.signing import new_secret
 from models.base import UTCDateTime, new_id, utcnow
+from models.deliveries import cancel_open
 from models.errors import InvalidInput, NotFound
 from models.event_types import EventType
 
@@ -129,12 +130,29 @@ class Endpoint(SQLModel, table=True):
     account_id: str = Field(foreign_key="account.id", max_length=36)
     url: str = Field(max_length=MAX_URL_LENGTH)
     events: list[str] = Field(sa_type=JSON)
+    # The routing key: endpoints on one origin share one lane, limit and breaker.
+    origin: str = Field(max_length=300)
     secret: str = Field(default_factory=new_secret, max_length=64)
     enabled: bool = True
     disabled_reason: str | None = Field(default=None, max_length=500)
     rate_limit: float | None = None
+    # Start of the current run of failures; None while the endpoint succeeds.
+    failing_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+ENDPOINT = Endpoint.__table__  # type: ignore[attr-defined]
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of ``url``, lower-cased, with the port always explicit."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port}"
 
 
 def require_scheme(url: str, *, allow_http: bool) -> None:
@@ -150,6 +168,7 @@ def create_endpoint(session: Session, account_id: str, data: EndpointCreate) -> 
     endpoint = Endpoint(
         account_id=account_id,
         url=data.url,
+        origin=origin_of(data.url),
         events=[e.value for e in data.events],
         rate_limit=data.rate_limit,
     )
@@ -194,8 +213,14 @@ def update_endpoint(
         if field == "events":
             value = [EventType(e).value for e in value]
         setattr(endpoint, field, value)
+    if "url" in changes:
+        endpoint.origin = origin_of(endpoint.url)
     if changes.get("enabled") is True:
         endpoint.disabled_reason = None
+        endpoint.failing_since = None
+    if changes.get("enabled") is False:
+        endpoint.disabled_reason = "disabled through the API"
+        cancel_open(session, [endpoint.id], now=utcnow())
     endpoint.updated_at = utcnow()
     session.add(endpoint)
     session.commit()
@@ -206,5 +231,57 @@ def update_endpoint(
 def delete_endpoint(session: Session, account_id: str, endpoint_id: str) -> None:
     """Delete the account's endpoint and commit."""
     endpoint = get_endpoint(session, account_id, endpoint_id)
+    cancel_open(session, [endpoint.id], now=utcnow())
     session.delete(endpoint)
     session.commit()
+
+
+def record_health(
+    session: Session,
+    *,
+    succeeded: set[str],
+    failed: set[str],
+    gone: set[str],
+    now: datetime,
+    disable_after: timedelta,
+) -> list[str]:
+    """Track each endpoint's run of failures; disable the gone and the long-failing.
+
+    Returns the ids disabled now (no commit). An endpoint that both succeeded
+    and failed in one batch counts as succeeding: it is not down.
+    """
+    failed = failed - succeeded
+    if succeeded:
+        session.execute(
+            update(ENDPOINT).where(ENDPOINT.c.id.in_(succeeded)).values(failing_since=None)
+        )
+    if failed:
+        session.execute(
+            update(ENDPOINT)
+            .where(ENDPOINT.c.id.in_(failed), ENDPOINT.c.failing_since.is_(None))
+            .values(failing_since=now)
+        )
+    disabled: list[str] = []
+    reasons = [
+        (gone, ENDPOINT.c.id.in_(gone), "the endpoint answered 410 Gone"),
+        (
+            failed,
+            ENDPOINT.c.id.in_(failed) & (ENDPOINT.c.failing_since <= now - disable_after),
+            f"no successful delivery for {disable_after} (since the first failure)",
+        ),
+    ]
+    for ids, condition, reason in reasons:
+        if not ids:
+            continue
+        hit = list(
+            session.execute(
+                update(ENDPOINT)
+                .where(condition, ENDPOINT.c.enabled.is_(True))
+                .values(enabled=False, disabled_reason=reason, updated_at=now)
+                .returning(ENDPOINT.c.id)
+            ).scalars()
+        )
+        disabled.extend(hit)
+    if disabled:
+        cancel_open(session, disabled, now=now)
+    return disabled

@@ -1,6 +1,8 @@
 """Imports every table module, so ``SQLModel.metadata`` knows the whole schema."""
 
 from models.accounts import Account, ApiKey
+from models.deliveries import Attempt, Delivery
 from models.endpoints import Endpoint
+from models.events import Event
 
-__all__ = ["Account", "ApiKey", "Endpoint"]
+__all__ = ["Account", "ApiKey", "Attempt", "Delivery", "Endpoint", "Event"]

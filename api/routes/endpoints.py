@@ -20,6 +20,13 @@ from models.errors import InvalidInput
 
 router = APIRouter(prefix="/api/emails/webhook-endpoints", tags=["webhook endpoints"])
 
+
+def _forget(request: Request, endpoint_id: str) -> None:
+    """Queued jobs of a changed endpoint go back to the database and return as it is now."""
+    if request.app.state.dispatcher is not None:
+        request.app.state.dispatcher.forget([endpoint_id])
+
+
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such endpoint for this account."}
 }
@@ -68,6 +75,7 @@ def get_endpoint(endpoint_id: str, account: AccountDep, session: SessionDep) -> 
 
 @router.put("/{endpoint_id}/", response_model=EndpointWithSecret, responses=NOT_FOUND)
 def replace_endpoint(
+    request: Request,
     endpoint_id: str,
     body: EndpointReplace,
     account: AccountDep,
@@ -77,11 +85,13 @@ def replace_endpoint(
     """Replace the URL and the subscribed events."""
     store.require_scheme(body.url, allow_http=settings.dev)
     endpoint = store.update_endpoint(session, account.id, endpoint_id, dict(body))
+    _forget(request, endpoint_id)
     return EndpointWithSecret.model_validate(endpoint, from_attributes=True)
 
 
 @router.patch("/{endpoint_id}/", response_model=EndpointWithSecret, responses=NOT_FOUND)
 def patch_endpoint(
+    request: Request,
     endpoint_id: str,
     body: EndpointPatch,
     account: AccountDep,
@@ -100,11 +110,15 @@ def patch_endpoint(
     if "url" in changes:
         store.require_scheme(changes["url"], allow_http=settings.dev)
     endpoint = store.update_endpoint(session, account.id, endpoint_id, changes)
+    _forget(request, endpoint_id)
     return EndpointWithSecret.model_validate(endpoint, from_attributes=True)
 
 
 @router.delete("/{endpoint_id}/", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-def delete_endpoint(endpoint_id: str, account: AccountDep, session: SessionDep) -> Response:
+def delete_endpoint(
+    request: Request, endpoint_id: str, account: AccountDep, session: SessionDep
+) -> Response:
     """Delete an endpoint; nothing more is delivered to it."""
     store.delete_endpoint(session, account.id, endpoint_id)
+    _forget(request, endpoint_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -14,11 +14,18 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/healthz")
 def healthz(request: Request) -> JSONResponse:
-    """200 when the database answers, 503 otherwise; the body says what is wrong."""
+    """200 when the database and the dispatcher answer, 503 otherwise; the body says which."""
     body: dict[str, Any] = {"status": "ok", "database": "ok"}
     try:
         with request.app.state.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         body.update(status="unavailable", database=f"error: {type(exc).__name__}")
+    dispatcher = request.app.state.dispatcher
+    if dispatcher is None:
+        body["dispatcher"] = {"status": "not running in this process"}
+    else:
+        body["dispatcher"] = dispatcher.health()
+        if body["dispatcher"]["status"] != "ok":
+            body["status"] = "unavailable"
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)

@@ -1,0 +1,91 @@
+"""``/api/emails/events/``: ingest events (the outbox write) and show one with its deliveries."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
+
+from api.deps import AccountDep, SessionDep
+from models import events as store
+from models.events import EVENT_BATCH, Accepted, EventIn, EventOut
+
+router = APIRouter(prefix="/api/emails/events", tags=["events"])
+
+_BODY_SCHEMA = TypeAdapter(EventIn | list[EventIn]).json_schema()
+_EXAMPLE = {
+    "type": "opened",
+    "recipient": "user@example.com",
+    "sent_email_id": "sent-uuid-here",
+    "campaign_id": "camp-uuid-here",
+    "metadata": {"user_agent": "Mozilla/5.0...", "ip": "203.0.113.42"},
+    "timestamp": "2026-04-02T14:30:00Z",
+}
+
+
+async def event_batch(request: Request) -> list[EventIn]:
+    """The body as a list of events: one object, or an array of up to 1,000.
+
+    Validated whole before anything is stored; errors name the index (for an
+    array) and the field.
+    """
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _invalid(
+            [{"loc": ["body"], "msg": f"not JSON: {exc}", "type": "json_invalid"}]
+        ) from None
+    try:
+        if isinstance(body, list):
+            return EVENT_BATCH.validate_python(body)
+        return [EventIn.model_validate(body)]
+    except ValidationError as exc:
+        raise _invalid(
+            [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        ) from None
+
+
+def _invalid(errors: list[dict[str, Any]]) -> RequestValidationError:
+    return RequestValidationError(errors)
+
+
+@router.post(
+    "/",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _BODY_SCHEMA, "example": _EXAMPLE}},
+        }
+    },
+    responses={413: {"description": "Body over 1 MiB."}, 422: {"description": "Invalid event."}},
+)
+def ingest_events(
+    request: Request,
+    events: Annotated[list[EventIn], Depends(event_batch)],
+    account: AccountDep,
+    session: SessionDep,
+) -> Accepted:
+    """Accept events for delivery to every subscribed, enabled endpoint of the account.
+
+    202 means the events and their deliveries are committed: nothing accepted
+    is lost. Delivery happens afterwards; follow it with ``GET /api/emails/events/{id}/``.
+    """
+    result = store.ingest(session, account.id, events)
+    if result.deliveries and request.app.state.dispatcher is not None:
+        request.app.state.dispatcher.wake()
+    return Accepted(
+        accepted=result.accepted, duplicates=result.duplicates, deliveries=result.deliveries
+    )
+
+
+@router.get(
+    "/{event_id}/", response_model=EventOut, responses={404: {"description": "No such event."}}
+)
+def get_event(event_id: str, account: AccountDep, session: SessionDep) -> EventOut:
+    """The event, its payload as sent, and per endpoint its delivery and attempts."""
+    return store.get_event(session, account.id, event_id)

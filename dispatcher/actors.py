@@ -1,0 +1,173 @@
+"""The Ray actors: thin shells around the Ray-free scheduler, router logic and worker.
+
+    API ──wake──▶ SchedulerActor ──jobs──▶ RouterActor ──jobs by origin──▶ DeliveryActor k
+                       ▲                                                      │
+                       └──────────── results, lease renewals (batched) ───────┘
+
+Every actor restarts when it dies (``max_restarts=-1``) and never retries a
+call (``max_task_retries=0``): a retried call would send webhooks twice.
+Work a dead actor held comes back when its leases expire, from the database.
+All actors take no CPU from Ray's scheduler: they wait on I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import ray
+
+from dispatcher.scheduler import Scheduler
+from dispatcher.settings import USER_AGENT, Settings
+from dispatcher.transport import AiohttpTransport
+from dispatcher.worker import DeliveryWorker
+from models.base import utcnow
+from models.db import make_engine
+from models.deliveries import Job, Result
+
+log = logging.getLogger(__name__)
+
+ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0}
+
+
+def shard(origin: str, shards: int) -> int:
+    """The delivery actor of ``origin``: a hash stable across processes and restarts."""
+    return zlib.crc32(origin.encode()) % shards
+
+
+@ray.remote(**ACTOR_OPTIONS)
+class SchedulerActor:
+    """Claims due work for the router; records results; renews leases."""
+
+    def __init__(self, settings: Settings, router_name: str, namespace: str) -> None:
+        self.settings = settings
+        self.scheduler = Scheduler(
+            make_engine(settings.database_url),
+            settings.capacity(),
+            timedelta(seconds=settings.disable_after),
+        )
+        self._router_name = router_name
+        self._namespace = namespace
+        self._router: Any = None
+        # One thread: the scheduler's database work runs one statement at a time.
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-db")
+        self._wakeup = asyncio.Event()
+        self._loop = asyncio.get_running_loop().create_task(self._run())
+
+    async def wake(self) -> None:
+        """New work may be due: claim now rather than at the next poll."""
+        self._wakeup.set()
+
+    async def record(self, results: list[Result]) -> None:
+        """Write a batch of results; tell the workers about endpoints it disabled."""
+        disabled = await self._in_db(self.scheduler.record, results, utcnow())
+        if disabled:
+            (await self._get_router()).forget.remote(disabled)
+        self._wakeup.set()  # capacity was freed
+
+    async def renew(self, held: list[tuple[int, str]]) -> None:
+        """Extend the leases of what a worker still holds."""
+        await self._in_db(self.scheduler.renew, held, utcnow())
+
+    async def stats(self) -> dict[str, Any]:
+        """What the scheduler holds, for health checks."""
+        return {
+            "in_flight": self.scheduler.in_flight,
+            "node": ray.get_runtime_context().get_node_id(),
+        }
+
+    async def _run(self) -> None:
+        while True:
+            jobs: list[Job] = []
+            try:
+                jobs = await self._in_db(self.scheduler.claim, utcnow())
+                if jobs:
+                    (await self._get_router()).submit.remote(jobs)
+            except Exception:
+                log.exception("claim failed; retrying at the next poll")
+            if len(jobs) >= self.scheduler.capacity.claim_batch:
+                await asyncio.sleep(0)
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.settings.poll_interval)
+
+    async def _in_db(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    async def _get_router(self) -> Any:
+        if self._router is None:
+            self._router = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: ray.get_actor(self._router_name, namespace=self._namespace)
+            )
+        return self._router
+
+
+@ray.remote(**ACTOR_OPTIONS)
+class RouterActor:
+    """Shards jobs by origin onto delivery actors; broadcasts endpoint changes."""
+
+    def __init__(self, workers: list[Any]) -> None:
+        self.workers = workers
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Send each delivery actor its share of ``jobs``, in one call each."""
+        shares: dict[int, list[Job]] = defaultdict(list)
+        for job in jobs:
+            shares[shard(job.origin, len(self.workers))].append(job)
+        for index, share in shares.items():
+            self.workers[index].submit.remote(share)
+
+    def forget(self, endpoint_ids: list[str]) -> None:
+        """Every delivery actor hands back the queued jobs of these endpoints."""
+        for worker in self.workers:
+            worker.forget.remote(endpoint_ids)
+
+    def size(self) -> int:
+        """How many delivery actors the router shards over."""
+        return len(self.workers)
+
+
+@ray.remote(**ACTOR_OPTIONS)
+class DeliveryActor:
+    """Owns the lanes of its share of origins and attempts their deliveries."""
+
+    def __init__(self, settings: Settings, scheduler: Any) -> None:
+        self.settings = settings
+        self.scheduler = scheduler
+        transport = AiohttpTransport(
+            settings.address_policy(), ca_bundle=settings.ca_bundle, user_agent=USER_AGENT
+        )
+        self.worker = DeliveryWorker(transport, self._report, settings.worker_policy())
+        self._heartbeat = asyncio.get_running_loop().create_task(self._renew_leases())
+
+    async def submit(self, jobs: list[Job]) -> None:
+        """Queue jobs in their lanes."""
+        self.worker.submit(jobs)
+
+    async def forget(self, endpoint_ids: list[str]) -> int:
+        """Hand back the queued jobs of changed or removed endpoints."""
+        return self.worker.forget(endpoint_ids)
+
+    async def stats(self) -> dict[str, Any]:
+        """Lanes, queue and in-flight counts, and the node this actor runs on."""
+        return {**self.worker.stats(), "node": ray.get_runtime_context().get_node_id()}
+
+    async def _report(self, results: list[Result]) -> None:
+        await self.scheduler.record.remote(results)
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            held = self.worker.held()
+            if held:
+                try:
+                    await self.scheduler.renew.remote(held)
+                except Exception:
+                    log.exception("lease renewal failed")

@@ -1,0 +1,98 @@
+"""Starting, finding and stopping the dispatcher's actors on Ray.
+
+Actors are named in one namespace and got-or-created, so a second process
+finds the running dispatcher instead of starting another. The API holds a
+:class:`Dispatcher` to wake the scheduler and to tell workers about endpoint
+changes; every call it makes is fire-and-forget, so the API never waits on Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from dispatcher.actors import DeliveryActor, RouterActor, SchedulerActor
+from dispatcher.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "sentinmail"
+SCHEDULER = "scheduler"
+ROUTER = "router"
+
+
+def delivery_actor_name(index: int) -> str:
+    """The name of the ``index``-th delivery actor."""
+    return f"delivery-{index}"
+
+
+def init_ray(settings: Settings, **kwargs: Any) -> None:
+    """Join the cluster at ``settings.ray_address``, or start a local Ray."""
+    if not ray.is_initialized():
+        ray.init(
+            address=settings.ray_address,
+            namespace=NAMESPACE,
+            include_dashboard=False,
+            log_to_driver=False,
+            **kwargs,
+        )
+
+
+@dataclass
+class Dispatcher:
+    """Handles on the dispatcher's actors, as the API and the CLI use them."""
+
+    scheduler: Any
+    router: Any
+    workers: list[Any]
+
+    def wake(self) -> None:
+        """New deliveries were committed: claim them now."""
+        self.scheduler.wake.remote()
+
+    def forget(self, endpoint_ids: list[str]) -> None:
+        """These endpoints changed or went away: hand back their queued jobs."""
+        self.router.forget.remote(endpoint_ids)
+
+    def health(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Whether each actor answers, with its counts and node."""
+        refs = [self.scheduler.stats.remote()] + [w.stats.remote() for w in self.workers]
+        try:
+            scheduler, *workers = ray.get(refs, timeout=timeout)
+        except Exception as exc:  # any actor down or slow
+            return {"status": "unavailable", "error": f"{type(exc).__name__}: {exc}"[:300]}
+        return {"status": "ok", "scheduler": scheduler, "delivery_actors": workers}
+
+    def stop(self) -> None:
+        """Kill every actor of this dispatcher (their leases bring the work back)."""
+        for actor in [self.scheduler, self.router, *self.workers]:
+            ray.kill(actor, no_restart=True)
+
+
+def start_dispatcher(
+    settings: Settings, *, namespace: str = NAMESPACE, detached: bool = False
+) -> Dispatcher:
+    """Get or create the scheduler, the delivery actors and the router."""
+    cpus = ray.cluster_resources().get("CPU", 1)  # type: ignore[no-untyped-call]
+    count = settings.delivery_actors or max(1, int(cpus))
+    options: dict[str, Any] = {
+        "namespace": namespace,
+        "get_if_exists": True,
+        "lifetime": "detached" if detached else None,
+    }
+    scheduler = SchedulerActor.options(name=SCHEDULER, **options).remote(  # type: ignore[attr-defined]
+        settings, ROUTER, namespace
+    )
+    workers = [
+        DeliveryActor.options(name=delivery_actor_name(i), **options).remote(settings, scheduler)  # type: ignore[attr-defined]
+        for i in range(count)
+    ]
+    router = RouterActor.options(name=ROUTER, **options).remote(workers)  # type: ignore[attr-defined]
+    dispatcher = Dispatcher(scheduler, router, workers)
+    health = dispatcher.health(timeout=60)
+    if health["status"] != "ok":
+        raise RuntimeError(f"the dispatcher did not start: {health['error']}")
+    return dispatcher

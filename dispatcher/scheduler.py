@@ -1,0 +1,106 @@
+"""The scheduler: claims due deliveries within capacity, records results, renews leases.
+
+It is the dispatcher's only reader and writer of the database (the API only
+inserts). Capacity is what keeps memory bounded and hosts apart: at most
+``max_in_flight`` deliveries are out of the database at once, and an origin
+that already holds ``max_in_flight_per_host`` of them is skipped by the claim
+until it drains, so a slow host cannot take the capacity of the others.
+
+Synchronous and Ray-free: the scheduler actor runs it in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from models import deliveries, endpoints
+from models.deliveries import DeliveryStatus, Job, Result
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """How much work may be out of the database at once."""
+
+    max_in_flight: int = 20_000
+    max_in_flight_per_host: int = 1_000
+    claim_batch: int = 1_000
+    lease: timedelta = timedelta(seconds=60)
+
+
+class Scheduler:
+    """Moves deliveries between the database and the dispatcher."""
+
+    def __init__(self, engine: Engine, capacity: Capacity, disable_after: timedelta) -> None:
+        self.engine = engine
+        self.capacity = capacity
+        self.disable_after = disable_after
+        self._origin_of: dict[int, str] = {}
+        self._per_origin: Counter[str] = Counter()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries out of the database, as far as this scheduler knows."""
+        return len(self._origin_of)
+
+    def claim(self, now: datetime) -> list[Job]:
+        """Lease the next due deliveries that fit, high priority first."""
+        free = self.capacity.max_in_flight - self.in_flight
+        limit = min(free, self.capacity.claim_batch)
+        if limit <= 0:
+            return []
+        full = [o for o, n in self._per_origin.items() if n >= self.capacity.max_in_flight_per_host]
+        with Session(self.engine) as session:
+            jobs = deliveries.claim(
+                session, now=now, limit=limit, lease=self.capacity.lease, exclude_origins=full
+            )
+        self._track((job.delivery_id, job.origin) for job in jobs)
+        return jobs
+
+    def record(self, results: Sequence[Result], now: datetime) -> list[str]:
+        """Write a batch of results; return the endpoints this disabled."""
+        with Session(self.engine) as session:
+            deliveries.record(session, results, now=now)
+            disabled = endpoints.record_health(
+                session,
+                succeeded={
+                    r.job.endpoint_id for r in results if r.status is DeliveryStatus.SUCCEEDED
+                },
+                failed={
+                    r.job.endpoint_id
+                    for r in results
+                    if r.attempted and r.status is not DeliveryStatus.SUCCEEDED
+                },
+                gone={r.job.endpoint_id for r in results if r.gone},
+                now=now,
+                disable_after=self.disable_after,
+            )
+            session.commit()
+        for result in results:
+            origin = self._origin_of.pop(result.job.delivery_id, None)
+            if origin is not None:
+                self._per_origin[origin] -= 1
+                if not self._per_origin[origin]:
+                    del self._per_origin[origin]
+        return disabled
+
+    def renew(self, held: Sequence[tuple[int, str]], now: datetime) -> None:
+        """Extend the leases of deliveries a worker reports it still holds.
+
+        Also re-learns them: after a restart of the scheduler, the workers'
+        reports rebuild its count of what is in flight.
+        """
+        self._track(held)
+        with Session(self.engine) as session:
+            deliveries.renew(session, [i for i, _ in held], until=now + self.capacity.lease)
+
+    def _track(self, items: Iterable[tuple[int, str]]) -> None:
+        for delivery_id, origin in items:
+            if delivery_id not in self._origin_of:
+                self._origin_of[delivery_id] = origin
+                self._per_origin[origin] += 1

@@ -1,0 +1,241 @@
+"""The delivery worker: lanes of jobs, attempts over the transport, results in batches.
+
+This is everything a delivery actor does, without Ray: the actor is a thin
+shell around it, and tests drive it with a ``MockTransport`` or a real
+receiver. One asyncio task pumps each lane that has work; each attempt runs
+as its own task and frees its slot the moment it ends (a retry is a new due
+time in the database, never a sleep in a slot). Results leave in batches
+through ``sink``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from dispatcher.backoff import DEFAULT_SCHEDULE, RetrySchedule
+from dispatcher.errors import TransportError
+from dispatcher.lane import Lane, LanePolicy
+from dispatcher.outcome import Outcome, Verdict, classify
+from dispatcher.signing import signature_headers
+from dispatcher.transport import Request, Response, Transport
+from models.base import utcnow
+from models.deliveries import DeliveryStatus, Job, Result
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[list[Result]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class WorkerPolicy:
+    """How a worker attempts, retries and reports."""
+
+    lanes: LanePolicy = field(default_factory=LanePolicy)
+    schedule: RetrySchedule = DEFAULT_SCHEDULE
+    attempt_timeout: float = 15.0
+    max_retry_after: float = 3600.0
+    user_agent: str = "SentinMail-Webhooks"
+    flush_interval: float = 0.02
+    """Seconds a result may wait for others to share its batch."""
+    flush_size: int = 500
+
+
+class DeliveryWorker:
+    """Holds lanes of jobs and attempts them; reports every result through ``sink``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        sink: Sink,
+        policy: WorkerPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.transport = transport
+        self.policy = policy or WorkerPolicy()
+        self._sink = sink
+        self._clock = clock
+        self._wall = wall
+        self._rng = rng or random.Random()
+        self._lanes: dict[str, Lane] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: dict[int, Job] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._results: list[Result] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- what the actor exposes -------------------------------------------------
+
+    def submit(self, jobs: Iterable[Job]) -> None:
+        """Queue jobs in their lanes and make sure each lane is being pumped."""
+        now = self._clock()
+        touched = set()
+        for job in jobs:
+            lane = self._lanes.get(job.origin)
+            if lane is None:
+                lane = self._lanes[job.origin] = Lane(job.origin, self.policy.lanes, now)
+                self._changed[job.origin] = asyncio.Event()
+            lane.push(job, now)
+            touched.add(job.origin)
+        for origin in touched:
+            self._wake(origin)
+
+    def forget(self, endpoint_ids: Iterable[str]) -> int:
+        """Hand back the queued jobs of these endpoints unattempted (changed or removed)."""
+        ids = set(endpoint_ids)
+        released = [job for lane in self._lanes.values() for job in lane.drain(ids)]
+        self._release(released, self._wall())
+        return len(released)
+
+    def held(self) -> list[tuple[int, str]]:
+        """``(delivery id, origin)`` of every job held, queued or in flight (for leases)."""
+        queued = [item for lane in self._lanes.values() for item in lane.held()]
+        return queued + [(job.delivery_id, job.origin) for job in self._in_flight.values()]
+
+    def stats(self) -> dict[str, int]:
+        """Counts for health and tests."""
+        return {
+            "lanes": len(self._lanes),
+            "queued": sum(lane.queued for lane in self._lanes.values()),
+            "in_flight": len(self._in_flight),
+            "open_breakers": sum(1 for lane in self._lanes.values() if lane.parked(self._clock())),
+        }
+
+    async def flush(self) -> None:
+        """Send the buffered results now."""
+        while self._results:
+            batch, self._results = self._results, []
+            try:
+                await self._sink(batch)
+            except Exception:
+                # The leases of these deliveries expire and they are claimed again:
+                # at-least-once, never lost.
+                log.exception("could not report %d results", len(batch))
+
+    async def close(self) -> None:
+        """Stop pumping and attempting, report what is buffered, close the transport."""
+        for task in [*self._pumps.values(), *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._pumps.values(), *self._tasks, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self.flush()
+        await self.transport.close()
+
+    # -- lanes ------------------------------------------------------------------
+
+    def _wake(self, origin: str) -> None:
+        self._changed[origin].set()
+        pump = self._pumps.get(origin)
+        if pump is None or pump.done():
+            self._pumps[origin] = asyncio.create_task(self._pump(self._lanes[origin]))
+
+    async def _pump(self, lane: Lane) -> None:
+        changed = self._changed[lane.origin]
+        while lane.queued:
+            now = self._clock()
+            if lane.parked(now):
+                reopens_at = lane.breaker.reopens_at or now
+                due = self._wall() + timedelta(seconds=reopens_at - now)
+                self._release(lane.drain(), due)
+                return
+            got = lane.take(now)
+            if isinstance(got, Job):
+                self._in_flight[got.delivery_id] = got
+                self._spawn(self._attempt(lane, got))
+                continue
+            changed.clear()
+            if got is None:
+                await changed.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=got)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- attempts ---------------------------------------------------------------
+
+    async def _attempt(self, lane: Lane, job: Job) -> None:
+        at = self._wall()
+        started = self._clock()
+        response: Response | None = None
+        error: Exception | None = None
+        try:
+            headers = {
+                "content-type": "application/json",
+                "user-agent": self.policy.user_agent,
+                **signature_headers(job.secret, job.event_id, at, job.body),
+            }
+            request = Request(job.url, job.body, headers, self.policy.attempt_timeout)
+            response = await self.transport.send(request)
+        except TransportError as exc:
+            error = exc
+        except Exception as exc:  # a bug must cost one attempt, never a slot
+            log.exception("attempt of delivery %s failed unexpectedly", job.delivery_id)
+            error = exc
+        outcome = classify(
+            response.status if response else None,
+            response.headers if response else {},
+            self._wall(),
+            error=error,
+            max_retry_after=self.policy.max_retry_after,
+        )
+        now = self._clock()
+        lane.done(outcome.verdict is Verdict.SUCCEEDED, now)
+        del self._in_flight[job.delivery_id]
+        self._emit(self._settle(job, outcome, at, int((now - started) * 1000)))
+        self._changed[lane.origin].set()
+
+    def _settle(self, job: Job, outcome: Outcome, at: datetime, duration_ms: int) -> Result:
+        """The delivery's next state after this attempt."""
+        status, due = DeliveryStatus.SUCCEEDED, None
+        if outcome.verdict is Verdict.GONE:
+            status = DeliveryStatus.FAILED
+        elif outcome.verdict is Verdict.RETRY:
+            delay = self.policy.schedule.next_delay(
+                job.attempts + 1, self._rng, outcome.retry_after
+            )
+            if delay is None:
+                status = DeliveryStatus.FAILED
+            else:
+                status, due = DeliveryStatus.PENDING, self._wall() + timedelta(seconds=delay)
+        return Result(
+            job=job,
+            status=status,
+            due_at=due,
+            at=at,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            duration_ms=duration_ms,
+            gone=outcome.verdict is Verdict.GONE,
+        )
+
+    # -- results ----------------------------------------------------------------
+
+    def _release(self, jobs: list[Job], due: datetime) -> None:
+        for job in jobs:
+            self._emit(Result(job=job, status=DeliveryStatus.PENDING, due_at=due, attempted=False))
+
+    def _emit(self, result: Result) -> None:
+        self._results.append(result)
+        if len(self._results) >= self.policy.flush_size:
+            self._spawn(self.flush())
+        elif self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self.policy.flush_interval)
+        await self.flush()
