@@ -41,6 +41,27 @@ def shard(origin: str, shards: int) -> int:
     return zlib.crc32(origin.encode()) % shards
 
 
+class _Lookup:
+    """A named actor, looked up on first use.
+
+    Actors find each other by name rather than by handles passed to their
+    constructors: a restarted actor then needs nothing but its own arguments.
+    ``ray.get_actor`` blocks, so it runs in a thread, once.
+    """
+
+    def __init__(self, name: str, namespace: str) -> None:
+        self.name = name
+        self.namespace = namespace
+        self._handle: Any = None
+
+    async def get(self) -> Any:
+        if self._handle is None:
+            self._handle = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: ray.get_actor(self.name, namespace=self.namespace)
+            )
+        return self._handle
+
+
 @ray.remote(**ACTOR_OPTIONS)
 class SchedulerActor:
     """Claims due work for the router; records results; renews leases."""
@@ -52,9 +73,7 @@ class SchedulerActor:
             settings.capacity(),
             timedelta(seconds=settings.disable_after),
         )
-        self._router_name = router_name
-        self._namespace = namespace
-        self._router: Any = None
+        self.router = _Lookup(router_name, namespace)
         # One thread: the scheduler's database work runs one statement at a time.
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-db")
         self._wakeup = asyncio.Event()
@@ -68,7 +87,7 @@ class SchedulerActor:
         """Write a batch of results; tell the workers about endpoints it disabled."""
         disabled = await self._in_db(self.scheduler.record, results, utcnow())
         if disabled:
-            (await self._get_router()).forget.remote(disabled)
+            (await self.router.get()).forget.remote(disabled)
         self._wakeup.set()  # capacity was freed
 
     async def renew(self, held: list[tuple[int, str]]) -> None:
@@ -88,7 +107,7 @@ class SchedulerActor:
             try:
                 jobs = await self._in_db(self.scheduler.claim, utcnow())
                 if jobs:
-                    (await self._get_router()).submit.remote(jobs)
+                    (await self.router.get()).submit.remote(jobs)
             except Exception:
                 log.exception("claim failed; retrying at the next poll")
             if len(jobs) >= self.scheduler.capacity.claim_batch:
@@ -101,20 +120,13 @@ class SchedulerActor:
     async def _in_db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
-    async def _get_router(self) -> Any:
-        if self._router is None:
-            self._router = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: ray.get_actor(self._router_name, namespace=self._namespace)
-            )
-        return self._router
-
 
 @ray.remote(**ACTOR_OPTIONS)
 class RouterActor:
     """Shards jobs by origin onto delivery actors; broadcasts endpoint changes."""
 
-    def __init__(self, workers: list[Any]) -> None:
-        self.workers = workers
+    def __init__(self, worker_names: list[str], namespace: str) -> None:
+        self.workers = [ray.get_actor(name, namespace=namespace) for name in worker_names]
 
     def submit(self, jobs: list[Job]) -> None:
         """Send each delivery actor its share of ``jobs``, in one call each."""
@@ -138,9 +150,9 @@ class RouterActor:
 class DeliveryActor:
     """Owns the lanes of its share of origins and attempts their deliveries."""
 
-    def __init__(self, settings: Settings, scheduler: Any) -> None:
+    def __init__(self, settings: Settings, scheduler_name: str, namespace: str) -> None:
         self.settings = settings
-        self.scheduler = scheduler
+        self.scheduler = _Lookup(scheduler_name, namespace)
         transport = AiohttpTransport(
             settings.address_policy(), ca_bundle=settings.ca_bundle, user_agent=USER_AGENT
         )
@@ -160,7 +172,7 @@ class DeliveryActor:
         return {**self.worker.stats(), "node": ray.get_runtime_context().get_node_id()}
 
     async def _report(self, results: list[Result]) -> None:
-        await self.scheduler.record.remote(results)
+        await (await self.scheduler.get()).record.remote(results)
 
     async def _renew_leases(self) -> None:
         while True:
@@ -168,6 +180,6 @@ class DeliveryActor:
             held = self.worker.held()
             if held:
                 try:
-                    await self.scheduler.renew.remote(held)
+                    await (await self.scheduler.get()).renew.remote(held)
                 except Exception:
                     log.exception("lease renewal failed")

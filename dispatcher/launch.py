@@ -86,11 +86,12 @@ def start_dispatcher(
     scheduler = SchedulerActor.options(name=SCHEDULER, **options).remote(  # type: ignore[attr-defined]
         settings, ROUTER, namespace
     )
+    names = [delivery_actor_name(i) for i in range(count)]
     workers = [
-        DeliveryActor.options(name=delivery_actor_name(i), **options).remote(settings, scheduler)  # type: ignore[attr-defined]
-        for i in range(count)
+        DeliveryActor.options(name=name, **options).remote(settings, SCHEDULER, namespace)  # type: ignore[attr-defined]
+        for name in names
     ]
-    router = RouterActor.options(name=ROUTER, **options).remote(workers)  # type: ignore[attr-defined]
+    router = RouterActor.options(name=ROUTER, **options).remote(names, namespace)  # type: ignore[attr-defined]
     dispatcher = Dispatcher(scheduler, router, workers)
     health = dispatcher.health(timeout=60)
     if health["status"] != "ok":

@@ -112,3 +112,15 @@ def api_key(engine: Engine) -> str:
 def other_key(engine: Engine) -> str:
     """A key of another account, ``globex``."""
     return make_key(engine, "globex")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray for the whole session, shut down at the end (only the one we started)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
