@@ -195,7 +195,7 @@ class DeliveryWorker:
         )
         now = self._clock()
         lane.done(outcome.verdict is Verdict.SUCCEEDED, now)
-        del self._in_flight[job.delivery_id]
+        self._in_flight.pop(job.delivery_id, None)  # may be held twice after a lease expired
         self._emit(self._settle(job, outcome, at, int((now - started) * 1000)))
         self._changed[lane.origin].set()
 
