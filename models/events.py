@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, field_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import Text, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -33,6 +33,24 @@ def _check_email(value: str) -> str:
         validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(f"is not an email address ({exc})") from None
+    return value
+
+
+def _check_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=value.tzinfo or UTC).astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
+def _check_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    # Sent as strict JSON in UTF-8: no NaN or Infinity, no unpaired surrogates.
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except ValueError as exc:
+        raise ValueError(f"is not representable as strict JSON ({exc})") from None
     return value
 
 
@@ -58,12 +76,20 @@ class EventIn(BaseModel):
     )
     sent_email_id: str | None = PydanticField(default=None, max_length=200)
     campaign_id: str | None = PydanticField(default=None, max_length=200)
-    metadata: dict[str, Any] | None = PydanticField(
+    metadata: Annotated[dict[str, Any] | None, AfterValidator(_check_json)] = PydanticField(
         default=None, examples=[{"user_agent": "Mozilla/5.0...", "ip": "203.0.113.42"}]
     )
-    timestamp: datetime | None = PydanticField(
+    timestamp: Annotated[datetime | None, AfterValidator(_check_utc)] = PydanticField(
         default=None, description="ISO 8601; now (UTC) when absent; no zone means UTC."
     )
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str | None) -> str | None:
+        # The id travels in the ``webhook-id`` header and in ``GET .../events/{id}/``.
+        if value is not None and not all("!" <= c <= "~" and c != "/" for c in value):
+            raise ValueError("must be printable ASCII without spaces or '/'")
+        return value
 
 
 EVENT_BATCH = TypeAdapter(

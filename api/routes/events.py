@@ -15,7 +15,11 @@ from models.events import EVENT_BATCH, Accepted, EventIn, EventOut
 
 router = APIRouter(prefix="/api/emails/events", tags=["events"])
 
-_BODY_SCHEMA = TypeAdapter(EventIn | list[EventIn]).json_schema()
+# Its "$defs" stay inside it, so its "$ref"s point there from the document's root.
+_BODY_SCHEMA = TypeAdapter(EventIn | list[EventIn]).json_schema(
+    ref_template="#/paths/~1api~1emails~1events~1/post/requestBody/content/application~1json"
+    "/schema/$defs/{model}"
+)
 _EXAMPLE = {
     "type": "opened",
     "recipient": "user@example.com",
@@ -34,7 +38,7 @@ async def event_batch(request: Request) -> list[EventIn]:
     """
     try:
         body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise _invalid(
             [{"loc": ["body"], "msg": f"not JSON: {exc}", "type": "json_invalid"}]
         ) from None
