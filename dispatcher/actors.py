@@ -33,12 +33,19 @@ from models.deliveries import Job, Result
 
 log = logging.getLogger(__name__)
 
+DELIVERY_PREFIX = "delivery-"
 ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0}
 
 
 def shard(origin: str, shards: int) -> int:
     """The delivery actor of ``origin``: a hash stable across processes and restarts."""
     return zlib.crc32(origin.encode()) % shards
+
+
+def _where() -> dict[str, str]:
+    """The node this actor runs on, for /healthz."""
+    ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return {"node": ray.get_runtime_context().get_node_id(), "ip": ip}
 
 
 class _Lookup:
@@ -125,8 +132,29 @@ class SchedulerActor:
 class RouterActor:
     """Shards jobs by origin onto delivery actors; broadcasts endpoint changes."""
 
-    def __init__(self, worker_names: list[str], namespace: str) -> None:
-        self.workers = [ray.get_actor(name, namespace=namespace) for name in worker_names]
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.names: list[str] = []
+        self.workers: list[Any] = []
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Find the delivery actors by name (``delivery-0``, ``-1``, ...), added ones too."""
+        names: list[str] = []
+        workers: list[Any] = []
+        while True:
+            name = f"{DELIVERY_PREFIX}{len(names)}"
+            try:
+                workers.append(ray.get_actor(name, namespace=self.namespace))
+            except ValueError:
+                break
+            names.append(name)
+        self.names, self.workers = names, workers
+        return len(workers)
+
+    def worker_names(self) -> list[str]:
+        """The names of the delivery actors the router shards over."""
+        return self.names
 
     def submit(self, jobs: list[Job]) -> None:
         """Send each delivery actor its share of ``jobs``, in one call each."""
@@ -169,7 +197,7 @@ class DeliveryActor:
 
     async def stats(self) -> dict[str, Any]:
         """Lanes, queue and in-flight counts, and the node this actor runs on."""
-        return {**self.worker.stats(), "node": ray.get_runtime_context().get_node_id()}
+        return {**self.worker.stats(), **_where()}
 
     async def _report(self, results: list[Result]) -> None:
         await (await self.scheduler.get()).record.remote(results)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from models import accounts, migrate
 from models.db import make_engine
 from models.errors import NotFound
 
+if TYPE_CHECKING:
+    from dispatcher.launch import Dispatcher
+
 app = typer.Typer(help="SentinMail webhook delivery service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -25,6 +28,13 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 
 err = Console(stderr=True)
+
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to join (e.g. auto, or HOST:6379); overrides SENTINMAIL_RAY_ADDRESS."
+    ),
+]
 
 
 @app.callback()
@@ -63,16 +73,21 @@ def serve(
     dev: Annotated[
         bool, typer.Option("--dev", help="Development mode: allow http:// and loopback.")
     ] = False,
+    ray_address: RayAddress = None,
+    no_dispatcher: Annotated[
+        bool,
+        typer.Option(
+            "--no-dispatcher",
+            help="Serve the API only and use the dispatcher already running on the cluster.",
+        ),
+    ] = False,
 ) -> None:
-    """Migrate the database, then serve the API."""
+    """Migrate the database, start or find the dispatcher, then serve the API."""
     import uvicorn
 
     from api.app import create_app
-    from dispatcher.launch import init_ray, start_dispatcher
 
-    settings = _settings(ctx)
-    if dev:
-        settings = settings.model_copy(update={"dev": True})
+    settings = _with(_settings(ctx), dev=dev or None, ray_address=ray_address)
     engine = make_engine(settings.database_url)
     migrate.upgrade(engine)
     with Session(engine) as session:
@@ -85,14 +100,68 @@ def serve(
             print(plain, flush=True)
     if settings.dev:
         err.print("[yellow]Development mode: http:// URLs and loopback destinations allowed.[/]")
-    err.print("Starting the dispatcher on Ray…")
-    init_ray(settings)
-    dispatcher = start_dispatcher(settings)
-    err.print(f"Dispatcher ready: {len(dispatcher.workers)} delivery actor(s).")
+    dispatcher = _dispatcher(settings, start=not no_dispatcher, detached=False)
     uvicorn.run(create_app(settings, engine, dispatcher), host=host, port=port, log_level="info")
 
 
 app.command()(listen)
+
+
+@app.command("dispatcher")
+def dispatcher_command(
+    ctx: typer.Context,
+    ray_address: RayAddress = None,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop the running dispatcher instead.")
+    ] = False,
+) -> None:
+    """Start the dispatcher on a Ray cluster as detached actors, and exit.
+
+    API processes started with ``serve --no-dispatcher`` on any host of the
+    cluster then share it. Running it again with more delivery actors adds them.
+    """
+    settings = _with(_settings(ctx), ray_address=ray_address)
+    with _migrated(ctx):
+        pass
+    if stop:
+        from dispatcher.launch import connect_dispatcher, init_ray
+
+        init_ray(settings)
+        connect_dispatcher().stop()
+        print("dispatcher stopped")
+        return
+    dispatcher = _dispatcher(settings, start=True, detached=True)
+    health = dispatcher.health()
+    for worker in health.get("delivery_actors", []):
+        print(f"delivery actor on node {worker['node'][:12]} ({worker['ip']})")
+
+
+def _with(settings: Settings, **changes: object) -> Settings:
+    """``settings`` with the options given on the command line (None: not given)."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    return settings.model_copy(update=given) if given else settings
+
+
+def _dispatcher(settings: Settings, *, start: bool, detached: bool) -> Dispatcher:
+    from dispatcher.launch import ClusterNeedsPostgres, connect_dispatcher, init_ray
+    from dispatcher.launch import start_dispatcher as start_actors
+
+    where = settings.ray_address or "a local Ray"
+    err.print(f"{'Starting' if start else 'Finding'} the dispatcher on {where}…")
+    init_ray(settings)
+    try:
+        dispatcher = start_actors(settings, detached=detached) if start else connect_dispatcher()
+    except ClusterNeedsPostgres as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        err.print(
+            f"[red]No dispatcher is running on {where}: {exc}. "
+            "Start one with `sentinmail dispatcher`.[/]"
+        )
+        raise typer.Exit(2) from None
+    err.print(f"Dispatcher ready: {len(dispatcher.workers)} delivery actor(s).")
+    return dispatcher
 
 
 @keys_app.command("create")

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from sqlalchemy.engine import make_url
 
-from dispatcher.actors import DeliveryActor, RouterActor, SchedulerActor
+from dispatcher.actors import DELIVERY_PREFIX, DeliveryActor, RouterActor, SchedulerActor
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,18 +28,31 @@ ROUTER = "router"
 
 def delivery_actor_name(index: int) -> str:
     """The name of the ``index``-th delivery actor."""
-    return f"delivery-{index}"
+    return f"{DELIVERY_PREFIX}{index}"
 
 
-def init_ray(settings: Settings, **kwargs: Any) -> None:
+class ClusterNeedsPostgres(RuntimeError):
+    """More than one Ray node shares a SQLite file: refused."""
+
+
+def init_ray(settings: Settings) -> None:
     """Join the cluster at ``settings.ray_address``, or start a local Ray."""
-    if not ray.is_initialized():
-        ray.init(
-            address=settings.ray_address,
-            namespace=NAMESPACE,
-            include_dashboard=False,
-            log_to_driver=False,
-            **kwargs,
+    if ray.is_initialized():
+        return
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace=NAMESPACE, log_to_driver=False)
+    else:
+        ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+
+
+def check_database_fits_cluster(settings: Settings) -> None:
+    """A SQLite file lives on one machine: a cluster of several nodes needs PostgreSQL."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+    if len(nodes) > 1 and make_url(settings.database_url).get_backend_name() == "sqlite":
+        raise ClusterNeedsPostgres(
+            f"this Ray cluster has {len(nodes)} nodes but the database is SQLite "
+            f"({settings.database_url}); actors on other nodes cannot share that file. "
+            "Set SENTINMAIL_DATABASE_URL to a PostgreSQL URL (postgresql+psycopg://...)."
         )
 
 
@@ -75,7 +90,12 @@ class Dispatcher:
 def start_dispatcher(
     settings: Settings, *, namespace: str = NAMESPACE, detached: bool = False
 ) -> Dispatcher:
-    """Get or create the scheduler, the delivery actors and the router."""
+    """Get or create the scheduler, the delivery actors and the router.
+
+    Delivery actors are placed on the cluster's nodes in turn. Starting again with a
+    larger ``delivery_actors`` adds actors, and the router shards over them all.
+    """
+    check_database_fits_cluster(settings)
     cpus = ray.cluster_resources().get("CPU", 1)  # type: ignore[no-untyped-call]
     count = settings.delivery_actors or max(1, int(cpus))
     options: dict[str, Any] = {
@@ -87,13 +107,30 @@ def start_dispatcher(
         settings, ROUTER, namespace
     )
     names = [delivery_actor_name(i) for i in range(count)]
+    # One actor per node in turn; soft, so a lost node's actors restart elsewhere.
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call]
+    # Keep the handles: a non-detached actor lives as long as its creator's handles.
     workers = [
-        DeliveryActor.options(name=name, **options).remote(settings, SCHEDULER, namespace)  # type: ignore[attr-defined]
-        for name in names
+        DeliveryActor.options(  # type: ignore[attr-defined]
+            name=name,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True),
+            **options,
+        ).remote(settings, SCHEDULER, namespace)
+        for i, name in enumerate(names)
     ]
-    router = RouterActor.options(name=ROUTER, **options).remote(names, namespace)  # type: ignore[attr-defined]
+    router = RouterActor.options(name=ROUTER, **options).remote(namespace)  # type: ignore[attr-defined]
+    ray.get(router.refresh.remote())  # a running router learns of added actors
     dispatcher = Dispatcher(scheduler, router, workers)
     health = dispatcher.health(timeout=60)
     if health["status"] != "ok":
         raise RuntimeError(f"the dispatcher did not start: {health['error']}")
     return dispatcher
+
+
+def connect_dispatcher(namespace: str = NAMESPACE) -> Dispatcher:
+    """Find a running dispatcher by its actors' names; ValueError if there is none."""
+    router = ray.get_actor(ROUTER, namespace=namespace)
+    scheduler = ray.get_actor(SCHEDULER, namespace=namespace)
+    names: list[str] = ray.get(router.worker_names.remote())
+    workers = [ray.get_actor(name, namespace=namespace) for name in names]
+    return Dispatcher(scheduler, router, workers)

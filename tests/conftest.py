@@ -66,7 +66,11 @@ def database_url(
         migrate.upgrade(engine)
         engine.dispose()
         return url
-    url = str(request.getfixturevalue("postgres_database"))
+    return emptied(str(request.getfixturevalue("postgres_database")))
+
+
+def emptied(url: str) -> str:
+    """Empty every table of the database at ``url``; return the URL."""
     engine = make_engine(url)
     tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
     with engine.begin() as connection:
