@@ -2,9 +2,10 @@
 
 It is the dispatcher's only reader and writer of the database (the API only
 inserts). Capacity is what keeps memory bounded and hosts apart: at most
-``max_in_flight`` deliveries are out of the database at once, and an origin
-that already holds ``max_in_flight_per_host`` of them is skipped by the claim
-until it drains, so a slow host cannot take the capacity of the others.
+``max_in_flight`` deliveries are out of the database at once, and no origin
+holds more than ``max_in_flight_per_host`` of them, so a slow host cannot take
+the capacity of the others, and a high-priority event for a busy host waits
+behind at most that many (its lane then puts it first).
 
 Synchronous and Ray-free: the scheduler actor runs it in a worker thread.
 """
@@ -54,10 +55,16 @@ class Scheduler:
         limit = min(free, self.capacity.claim_batch)
         if limit <= 0:
             return []
-        full = [o for o, n in self._per_origin.items() if n >= self.capacity.max_in_flight_per_host]
+        cap = self.capacity.max_in_flight_per_host
+        full = [o for o, n in self._per_origin.items() if n >= cap]
         with Session(self.engine) as session:
             jobs = deliveries.claim(
-                session, now=now, limit=limit, lease=self.capacity.lease, exclude_origins=full
+                session,
+                now=now,
+                limit=limit,
+                lease=self.capacity.lease,
+                exclude_origins=full,
+                room=lambda origin: cap - self._per_origin[origin],
             )
         self._track((job.delivery_id, job.origin) for job in jobs)
         return jobs

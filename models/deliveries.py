@@ -13,7 +13,7 @@ picklable, batched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -149,11 +149,14 @@ def claim(
     limit: int,
     lease: timedelta,
     exclude_origins: Iterable[str] = (),
+    room: Callable[[str], int] | None = None,
 ) -> list[Job]:
     """Lease up to ``limit`` due deliveries, high priority first, and commit.
 
     Due means pending and due, or leased and expired. ``exclude_origins`` are
-    hosts that already hold their share of the dispatcher's capacity.
+    hosts that already hold their share of the dispatcher's capacity;
+    ``room(origin)``, if given, is how many more an origin may take now: rows
+    past it stay pending, so no host overshoots its share.
     """
     from models.endpoints import Endpoint
     from models.events import Event
@@ -208,6 +211,16 @@ def claim(
         )
         for r in rows
     ]
+    if room is not None:
+        left: dict[str, int] = {}
+        kept = []
+        for job in jobs:
+            if job.origin not in left:
+                left[job.origin] = room(job.origin)
+            if left[job.origin] > 0:
+                left[job.origin] -= 1
+                kept.append(job)
+        jobs = kept
     for ids in chunks([j.delivery_id for j in jobs]):
         session.execute(
             update(Delivery)

@@ -8,11 +8,11 @@ delivery per subscribed, enabled endpoint of the account, in one transaction.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, field_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import Text, insert, select
@@ -28,11 +28,14 @@ from models.event_types import EventType
 MAX_BATCH = 1000
 
 
+# A syntactic check only: recipients come from our own email platform, which
+# has already delivered to them; full RFC 5321 validation cost 80 us per event.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+
+
 def _check_email(value: str) -> str:
-    try:
-        validate_email(value, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(f"is not an email address ({exc})") from None
+    if not _EMAIL.fullmatch(value):
+        raise ValueError("is not an email address (expected local@domain.tld)")
     return value
 
 

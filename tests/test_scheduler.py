@@ -315,6 +315,17 @@ def test_a_host_at_its_cap_is_skipped_for_the_others(engine: Engine, account: st
     assert {j.origin for j in third} == {"https://slow.example:443"}
 
 
+def test_a_host_never_holds_more_than_its_cap(engine: Engine, account: str) -> None:
+    make_endpoint(engine, account, "https://busy.example/")
+    make_events(engine, account, *["opened"] * 10)
+    s = scheduler(engine, max_in_flight=100, max_in_flight_per_host=3, claim_batch=100)
+    now = utcnow()
+    assert len(s.claim(now)) == 3  # not a whole batch: the rest stays pending
+    assert s.claim(now) == []
+    assert counts(engine) == {"delivering": 3, "pending": 7}
+    assert s.in_flight == 3
+
+
 def test_record_frees_only_what_the_scheduler_holds(engine: Engine, account: str) -> None:
     make_endpoint(engine, account)
     make_events(engine, account, "opened", "opened")
