@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from sqlalchemy.engine import make_url
 
 from dispatcher.actors import DELIVERY_PREFIX, DeliveryActor, RouterActor, SchedulerActor
@@ -92,7 +91,7 @@ def start_dispatcher(
 ) -> Dispatcher:
     """Get or create the scheduler, the delivery actors and the router.
 
-    Delivery actors are placed on the cluster's nodes in turn. Starting again with a
+    Delivery actors are spread over the cluster's nodes. Starting again with a
     larger ``delivery_actors`` adds actors, and the router shards over them all.
     """
     check_database_fits_cluster(settings)
@@ -107,16 +106,14 @@ def start_dispatcher(
         settings, ROUTER, namespace
     )
     names = [delivery_actor_name(i) for i in range(count)]
-    # One actor per node in turn; soft, so a lost node's actors restart elsewhere.
-    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call]
     # Keep the handles: a non-detached actor lives as long as its creator's handles.
+    # SPREAD places them over the nodes, and again over the survivors when one is lost;
+    # it only spreads actors that ask for some resource, hence a sliver of a CPU.
     workers = [
         DeliveryActor.options(  # type: ignore[attr-defined]
-            name=name,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True),
-            **options,
+            name=name, num_cpus=0.01, scheduling_strategy="SPREAD", **options
         ).remote(settings, SCHEDULER, namespace)
-        for i, name in enumerate(names)
+        for name in names
     ]
     router = RouterActor.options(name=ROUTER, **options).remote(namespace)  # type: ignore[attr-defined]
     ray.get(router.refresh.remote())  # a running router learns of added actors
