@@ -41,7 +41,8 @@ def init_ray(settings: Settings) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=NAMESPACE, log_to_driver=False)
     else:
-        ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+        # "local": a Ray of our own, even if `ray start` left a cluster on this machine.
+        ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
 
 
 def check_database_fits_cluster(settings: Settings) -> None:
