@@ -1,0 +1,192 @@
+"""Isolation: the same load twice, all hosts healthy, then with 10 % hanging and 10 % failing.
+
+``python -m benchmarks.isolation [--events 20000] [--hosts 50] [--database-url URL]``
+
+One service, two phases on two fresh sets of ``--hosts`` receivers (new
+origins, so new lanes): in the first every host answers 200; in the second,
+10 % hang past the attempt timeout (``--hang`` seconds, the service's
+``SENTINMAIL_ATTEMPT_TIMEOUT`` being ``--attempt-timeout``) and 10 % answer
+500. Both phases post the same number of events, spread evenly over their
+hosts. Only the healthy hosts' deliveries are timed and counted: their
+``deliveries_per_s`` (first POST of the phase to last healthy arrival) and
+``p99_ms``. The per-host rate limit is raised as in the throughput benchmark.
+
+By default events are posted flat out, faster than they can be delivered, so
+latency is mostly the time the backlog takes to drain; ``--ingest-rate``
+paces the posts below the delivery rate to compare latency without a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from benchmarks import load
+from benchmarks.harness import (
+    Arrivals,
+    Bench,
+    CpuWindow,
+    common_options,
+    machine,
+    progress,
+    run_main,
+    write_result,
+)
+from benchmarks.load import Host
+
+
+def behaviours(hosts: int) -> list[str]:
+    """10 % hanging, 10 % failing (at least one each), the rest healthy."""
+    bad = max(1, round(hosts * 0.1))
+    return ["hang"] * bad + ["error"] * bad + ["ok"] * (hosts - 2 * bad)
+
+
+async def phase(
+    bench: Bench,
+    hosts: list[Host],
+    behaviour: list[str],
+    *,
+    events: int,
+    batch: int,
+    post_concurrency: int,
+    within: float,
+    start: int,
+    ingest_rate: float | None,
+) -> dict[str, Any]:
+    """Post ``events`` over ``hosts``; measure the healthy ones."""
+    healthy = [h for h, b in zip(hosts, behaviour, strict=True) if b == "ok"]
+    batches = load.spread(hosts, bench.tag, events, batch, start=start)
+    expected = {(b.host.index, e["id"]) for b in batches for e in b.events if b.host in healthy}
+    arrivals = Arrivals(bench.receivers.control)
+    await arrivals.poll(bench.http)
+    ingest = load.Ingest()
+    cpu = CpuWindow(bench)
+    cpu.start()
+    with progress() as bar:
+        posting = asyncio.ensure_future(
+            bench.post(batches, ingest, post_concurrency, bar, pace=ingest_rate)
+        )
+        endpoints = [h.endpoint_id for h in healthy]
+        label = "delivered (healthy)"
+        await bench.wait(
+            arrivals, expected, endpoints, bar, within=within, until=posting, label=label
+        )
+        await posting
+    cpu_seconds = cpu.stop()
+    outcome = await bench.outcome(arrivals, expected, healthy, ingest.accepted_at)
+    span = outcome.last_arrival - ingest.first_post
+    bad = {h.index: b for h, b in zip(hosts, behaviour, strict=True) if b != "ok"}
+    requests_to_bad = {"hang": 0, "error": 0}
+    for (host, _), n in arrivals.counts.items():
+        if host in bad:
+            requests_to_bad[bad[host]] += n
+    return {
+        "deliveries_per_s": round(len(outcome.delivered) / span, 1) if span > 0 else 0.0,
+        "p50_ms": outcome.p(50),
+        "p99_ms": outcome.p(99),
+        "healthy_hosts": len(healthy),
+        "healthy_deliveries": len(outcome.delivered),
+        "lost": outcome.lost,
+        "requests_to_bad_hosts": requests_to_bad,
+        "cpu_seconds": cpu_seconds,
+    }
+
+
+async def run(
+    *,
+    events: int,
+    hosts: int,
+    database_url: str | None,
+    create_database: bool,
+    batch: int,
+    post_concurrency: int,
+    within: float,
+    host_rate_limit: float,
+    attempt_timeout: float,
+    hang: float,
+    ingest_rate: float | None,
+) -> dict[str, Any]:
+    """Run both phases; return the result."""
+    info = machine()
+    env = {
+        "SENTINMAIL_HOST_RATE_LIMIT": str(host_rate_limit),
+        "SENTINMAIL_ATTEMPT_TIMEOUT": str(attempt_timeout),
+    }
+    bad_mix = behaviours(hosts)
+    async with Bench(
+        "isolation",
+        database_url,
+        create_database=create_database,
+        receivers=2 * hosts,
+        env=env,
+        hang=hang,
+    ) as bench:
+        await bench.receivers.set_behaviours(bench.http, ["ok"] * hosts + bad_mix)
+        first = await bench.hosts(range(hosts))
+        second = await bench.hosts(range(hosts, 2 * hosts))
+        options: dict[str, Any] = {
+            "events": events,
+            "batch": batch,
+            "post_concurrency": post_concurrency,
+            "within": within,
+            "ingest_rate": ingest_rate,
+        }
+        healthy = await phase(bench, first, ["ok"] * hosts, start=0, **options)
+        with_bad = await phase(bench, second, bad_mix, start=events, **options)
+        peak_rss = bench.sampler.peak_rss
+
+    def ratio(a: float, b: float) -> float:
+        return round(a / b, 3) if b else 0.0
+
+    return {
+        "benchmark": "isolation",
+        "database": bench.backend,
+        "healthy_only": healthy,
+        "with_bad_hosts": with_bad,
+        "throughput_ratio": ratio(with_bad["deliveries_per_s"], healthy["deliveries_per_s"]),
+        "p99_ratio": ratio(with_bad["p99_ms"], healthy["p99_ms"]),
+        "lost": healthy["lost"] + with_bad["lost"],
+        "events_per_phase": events,
+        "hosts": hosts,
+        "bad_hosts": {"hang": bad_mix.count("hang"), "error": bad_mix.count("error")},
+        "attempt_timeout_s": attempt_timeout,
+        "hang_s": hang,
+        "host_rate_limit": host_rate_limit,
+        "ingest_rate": ingest_rate,
+        "peak_rss_mb": round(peak_rss / 2**20, 1),
+        "machine": info,
+    }
+
+
+def main() -> None:
+    """Parse options, run, write and print the result."""
+    parser = common_options(__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000, help="per phase")
+    parser.add_argument("--hosts", type=int, default=50, help="per phase")
+    parser.add_argument("--host-rate-limit", type=float, default=100_000.0)
+    parser.add_argument("--attempt-timeout", type=float, default=15.0, help="the service's")
+    parser.add_argument("--hang", type=float, default=20.0, help="seconds a hanging host waits")
+    parser.add_argument(
+        "--ingest-rate", type=float, default=None, help="events posted per s (default: flat out)"
+    )
+    args = parser.parse_args()
+    result = run_main(
+        run(
+            events=args.events,
+            hosts=args.hosts,
+            database_url=args.database_url,
+            create_database=args.create_database,
+            batch=args.batch,
+            post_concurrency=args.post_concurrency,
+            within=args.timeout,
+            host_rate_limit=args.host_rate_limit,
+            attempt_timeout=args.attempt_timeout,
+            hang=args.hang,
+            ingest_rate=args.ingest_rate,
+        )
+    )
+    write_result("isolation", result, args.results_dir)
+
+
+if __name__ == "__main__":
+    main()

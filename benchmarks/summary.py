@@ -1,0 +1,133 @@
+"""Draw ``results/summary.png`` from the benchmarks' JSON results.
+
+``python -m benchmarks.summary [--results-dir DIR]``
+
+Four panels: throughput against the raw HTTP limit, healthy-host latency and
+throughput with and without bad hosts, high- against low-priority latency,
+and recovery's counts. Each backend that has results (``<name>.sqlite.json``,
+``<name>.postgresql.json``, else ``<name>.json``) gets its own bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+from benchmarks.harness import RESULTS
+
+BACKENDS = ("sqlite", "postgresql")
+Results = dict[str, dict[str, Any]]
+
+
+def load_results(directory: Path, name: str) -> Results:
+    """``{backend: result}`` of one benchmark."""
+    found: Results = {}
+    for backend in BACKENDS:
+        path = directory / f"{name}.{backend}.json"
+        if path.exists():
+            found[backend] = json.loads(path.read_text())
+    latest = directory / f"{name}.json"
+    if not found and latest.exists():
+        result = json.loads(latest.read_text())
+        found[str(result.get("database", "?"))] = result
+    return found
+
+
+def _bars(ax: Any, groups: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+    """Grouped bars: one group per label in ``groups``, one bar per series."""
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        bars = ax.bar(xs, values, width, label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+
+
+def draw(directory: Path) -> Path:
+    """Draw every panel that has results; return the PNG's path."""
+    matplotlib.use("Agg")  # files only, no display; before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    (throughput_ax, isolation_ax), (priority_ax, recovery_ax) = axes
+
+    throughput = load_results(directory, "throughput")
+    _bars(
+        throughput_ax,
+        list(throughput),
+        {
+            "service deliveries/s": [r["deliveries_per_s"] for r in throughput.values()],
+            "raw aiohttp limit/s": [r["raw_limit_per_s"] for r in throughput.values()],
+            "ingest events/s": [r["ingest_per_s"] for r in throughput.values()],
+        },
+        "per second",
+    )
+    throughput_ax.axhline(2500, color="grey", linestyle="--", linewidth=1)
+    throughput_ax.set_title("Throughput vs raw HTTP limit (target 2,500/s, dashed)")
+
+    isolation = load_results(directory, "isolation")
+    phases = ("healthy_only", "with_bad_hosts")
+    groups = [f"{b}\n{p.replace('_', ' ')}" for b in isolation for p in phases]
+    xs = range(len(groups))
+    p99 = [r[p]["p99_ms"] for r in isolation.values() for p in phases]
+    rate = [r[p]["deliveries_per_s"] for r in isolation.values() for p in phases]
+    left = isolation_ax.bar([x - 0.2 for x in xs], p99, 0.4, label="healthy p99 ms")
+    isolation_ax.bar_label(left, fmt="%.0f", fontsize=7)
+    isolation_ax.set_ylabel("p99 ms")
+    rate_ax = isolation_ax.twinx()
+    right = rate_ax.bar([x + 0.2 for x in xs], rate, 0.4, color="tab:orange", label="healthy /s")
+    rate_ax.bar_label(right, fmt="%.0f", fontsize=7)
+    rate_ax.set_ylabel("healthy deliveries/s")
+    isolation_ax.set_xticks(list(xs), groups)
+    isolation_ax.legend(handles=[left, right], fontsize=7)
+    isolation_ax.set_title("Healthy hosts, without and with 10 % hanging + 10 % failing")
+
+    priority = load_results(directory, "priority")
+    _bars(
+        priority_ax,
+        list(priority),
+        {
+            "high p99 ms": [r["high_p99_ms"] for r in priority.values()],
+            "low p99 ms": [r["low_p99_ms"] for r in priority.values()],
+        },
+        "ms (log)",
+    )
+    priority_ax.set_yscale("log")
+    priority_ax.set_ylim(bottom=100)  # bars start at 100 ms, not at the smallest value
+    priority_ax.set_title("Priority: high-priority events through a low-priority backlog")
+
+    recovery = load_results(directory, "recovery")
+    _bars(
+        recovery_ax,
+        list(recovery),
+        {
+            key: [float(r[key]) for r in recovery.values()]
+            for key in ("accepted", "delivered", "lost", "duplicates")
+        },
+        "events",
+    )
+    recovery_ax.set_title("Recovery after kill -9 of every service process")
+
+    fig.tight_layout()
+    out = directory / "summary.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    """Parse options and draw."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    print(draw(args.results_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The benchmark scripts keep working: each runs as a user runs it, with tiny parameters.
+
+No timing is asserted (these are benchmarks, not tests): only that each
+script finishes, prints its result as JSON on its last stdout line, writes
+the same to ``<results-dir>/<name>.json``, has its fields, and lost nothing.
+Each run starts ``sentinmail serve`` and a Ray of its own (~15 s); the four
+start together, so the module costs about as long as the slowest run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).parent.parent
+TINY: dict[str, list[str]] = {
+    "throughput": ["--events", "200", "--hosts", "3", "--raw-requests", "200"],
+    "isolation": ["--events", "200", "--hosts", "10", "--hang", "3", "--attempt-timeout", "1"],
+    "priority": ["--events", "200", "--high", "20", "--hosts", "2"],
+    "recovery": ["--events", "400", "--hosts", "2", "--ingest-rate", "200"],
+}
+FIELDS: dict[str, set[str]] = {
+    "throughput": {
+        "events",
+        "deliveries",
+        "ingest_per_s",
+        "deliveries_per_s",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "raw_limit_per_s",
+        "ratio_to_raw",
+        "lost",
+        "peak_rss_mb",
+    },
+    "isolation": {"healthy_only", "with_bad_hosts", "throughput_ratio", "p99_ratio", "lost"},
+    "priority": {"high_p99_ms", "low_p99_ms", "ratio", "lost"},
+    "recovery": {"accepted", "delivered", "lost", "duplicates"},
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Every benchmark started at once, each writing to a results directory of its own."""
+    started = {}
+    for name, args in TINY.items():
+        results = tmp_path_factory.mktemp(name)
+        command = [sys.executable, "-m", f"benchmarks.{name}", *args, "--results-dir", str(results)]
+        proc = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        started[name] = (proc, results)
+    try:
+        yield started
+    finally:
+        for proc, _ in started.values():
+            if proc.poll() is None:
+                proc.terminate()  # the scripts stop everything they started on SIGTERM
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_benchmark_runs_and_loses_nothing(name: str, runs: dict[str, Any]) -> None:
+    proc, results = runs[name]
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-4000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert json.loads((results / f"{name}.json").read_text()) == result
+    assert FIELDS[name] <= result.keys()
+    assert result["lost"] == 0
+    if name == "throughput":
+        assert result["deliveries"] == result["events"] == 200
+    if name == "isolation":
+        assert result["healthy_only"]["healthy_deliveries"] == 200
+        assert result["with_bad_hosts"]["healthy_deliveries"] == 160
+    if name == "recovery":
+        assert result["delivered"] == result["accepted"] == 400
