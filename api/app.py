@@ -11,7 +11,7 @@ from api import errors
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
 from api.routes import endpoints, events, health
 from dispatcher.settings import Settings
-from models.db import make_engine
+from models.db import make_engine, reader
 
 if TYPE_CHECKING:
     from dispatcher.launch import Dispatcher
@@ -36,6 +36,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
+    app.state.reader = reader(app.state.engine)
     app.state.dispatcher = dispatcher
     errors.install(app)
     app.include_router(endpoints.router)

@@ -33,13 +33,16 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_account(
-    session: SessionDep, key: Annotated[str | None, Security(api_key_header)]
-) -> Account:
-    """The account whose live key is in ``X-API-Key``; 401 otherwise."""
+def get_account(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> Account:
+    """The account whose live key is in ``X-API-Key``; 401 otherwise.
+
+    Looked up in a read-only transaction of its own, so that authenticating
+    never waits for a writer, and the request's own transaction starts after.
+    """
     if not key:
         raise HTTPException(401, "missing X-API-Key header")
-    account = authenticate(session, key)
+    with Session(request.app.state.reader) as session:
+        account = authenticate(session, key)
     if account is None:
         raise HTTPException(401, "invalid or revoked API key")
     return account

@@ -3,7 +3,9 @@
 SQLite runs in WAL mode with ``BEGIN IMMEDIATE`` transactions: the API and the
 dispatcher write from different processes, and a deferred transaction that
 reads and then writes would fail with ``SQLITE_BUSY`` instead of waiting for
-the lock. ``synchronous=FULL`` because an accepted event must survive a
+the lock. Pure reads (authenticating a key on every request) use
+:func:`reader`, whose transactions take no lock: in WAL mode readers never
+wait for writers. ``synchronous=FULL`` because an accepted event must survive a
 power cut, not only a crash of the process.
 """
 
@@ -15,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "sentinmail_read_only"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -42,6 +45,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def reader(engine: Engine) -> Engine:
+    """``engine`` for transactions that only read (same pool; no write lock on SQLite)."""
+    return engine.execution_options(**{READ_ONLY: True})
