@@ -130,10 +130,13 @@ def dispatcher_command(
         connect_dispatcher().stop()
         print("dispatcher stopped")
         return
+    import ray
+
     dispatcher = _dispatcher(settings, start=True, detached=True)
     health = dispatcher.health()
     for worker in health.get("delivery_actors", []):
         print(f"delivery actor on node {worker['node'][:12]} ({worker['ip']})")
+    print(f"router shards over {ray.get(dispatcher.router.size.remote())} delivery actor(s)")
 
 
 def _with(settings: Settings, **changes: object) -> Settings:

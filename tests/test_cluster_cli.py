@@ -77,6 +77,7 @@ def test_api_replicas_share_one_detached_dispatcher(
     started = sentinmail(database_url, "dispatcher", "--ray-address", ray_address, env=env)
     assert started.returncode == 0, started.stderr
     assert started.stdout.count("delivery actor on node") == 2
+    assert "router shards over 2 delivery actor(s)" in started.stdout
     try:
         key = sentinmail(
             database_url, "keys", "create", "--account", "acme", env=env
@@ -103,11 +104,14 @@ def test_api_replicas_share_one_detached_dispatcher(
                     [{"type": "opened", "recipient": "a@example.com"}] * 5,
                 )
             wait_until(lambda: receiver.count() >= 10)
-        # The API processes are gone; the dispatcher is not.
-        assert (
-            sentinmail(database_url, "dispatcher", "--ray-address", ray_address, env=env).returncode
-            == 0
-        )
+        # The API processes are gone; the dispatcher is not, and it grows on demand.
+        grown = sentinmail(
+            database_url, "dispatcher", "--ray-address", ray_address,
+            env={**env, "SENTINMAIL_DELIVERY_ACTORS": "3"},
+        )  # fmt: skip
+        assert grown.returncode == 0, grown.stderr
+        assert grown.stdout.count("delivery actor on node") == 3
+        assert "router shards over 3 delivery actor(s)" in grown.stdout
     finally:
         stopped = sentinmail(
             database_url, "dispatcher", "--stop", "--ray-address", ray_address, env=env
