@@ -39,7 +39,7 @@ async def event_batch(request: Request) -> list[EventIn]:
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise _invalid(
+        raise RequestValidationError(
             [{"loc": ["body"], "msg": f"not JSON: {exc}", "type": "json_invalid"}]
         ) from None
     try:
@@ -47,13 +47,9 @@ async def event_batch(request: Request) -> list[EventIn]:
             return EVENT_BATCH.validate_python(body)
         return [EventIn.model_validate(body)]
     except ValidationError as exc:
-        raise _invalid(
+        raise RequestValidationError(
             [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         ) from None
-
-
-def _invalid(errors: list[dict[str, Any]]) -> RequestValidationError:
-    return RequestValidationError(errors)
 
 
 @router.post(
