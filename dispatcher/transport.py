@@ -45,6 +45,8 @@ _SCHEMES = frozenset({"http", "https"})
 # Enough to let a small response finish so its connection returns to the pool;
 # anything bigger is cut off and the connection closed instead.
 _BODY_LIMIT = 64 * 1024
+# Checked URLs kept per transport (one per endpoint URL); cleared when full.
+_URL_CACHE = 10_000
 # DNS64 synthesises these for IPv4-only hosts; what matters is the embedded IPv4.
 _NAT64 = IPv6Network("64:ff9b::/96")
 
@@ -202,6 +204,9 @@ class AiohttpTransport:
         self._inner_resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._resolver: _PolicyResolver | None = None
+        # An endpoint is attempted many times: parse and check its URL once.
+        self._urls: dict[str, URL] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         self._resolver = _PolicyResolver(self._policy, self._inner_resolver or DefaultResolver())
@@ -227,14 +232,24 @@ class AiohttpTransport:
         """POST ``request`` without following redirects; see ``Transport.send``."""
         started = time.monotonic()
         try:
-            url = _checked_url(request.url, self._policy)
+            url = self._urls.get(request.url)
+            if url is None:
+                url = _checked_url(request.url, self._policy)
+                if len(self._urls) >= _URL_CACHE:
+                    self._urls.clear()
+                self._urls[request.url] = url
+            timeout = self._timeouts.get(request.timeout)
+            if timeout is None:
+                timeout = self._timeouts[request.timeout] = aiohttp.ClientTimeout(
+                    total=request.timeout
+                )
             session = self._open() if self._session is None else self._session
             async with session.post(
                 url,
                 data=request.body,
                 headers=request.headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=request.timeout),
+                timeout=timeout,
             ) as response:
                 remaining = _BODY_LIMIT
                 while remaining > 0 and (chunk := await response.content.read(remaining)):

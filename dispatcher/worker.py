@@ -42,9 +42,14 @@ class WorkerPolicy:
     attempt_timeout: float = 15.0
     max_retry_after: float = 3600.0
     user_agent: str = "SentinMail-Webhooks"
-    flush_interval: float = 0.02
-    """Seconds a result may wait for others to share its batch."""
-    flush_size: int = 500
+    flush_interval: float = 0.1
+    """Seconds a result may wait for others to share its batch.
+
+    Each batch is one Ray call (about 1 ms of CPU on both sides, see
+    RAY_NOTES.md), so this trades a little status latency, never delivery
+    latency, for CPU.
+    """
+    flush_size: int = 1000
 
 
 class DeliveryWorker:
@@ -73,6 +78,7 @@ class DeliveryWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._results: list[Result] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._full = asyncio.Event()
 
     # -- what the actor exposes -------------------------------------------------
 
@@ -114,13 +120,7 @@ class DeliveryWorker:
     async def flush(self) -> None:
         """Send the buffered results now."""
         while self._results:
-            batch, self._results = self._results, []
-            try:
-                await self._sink(batch)
-            except Exception:
-                # The leases of these deliveries expire and they are claimed again:
-                # at-least-once, never lost.
-                log.exception("could not report %d results", len(batch))
+            await self._send_batch()
 
     async def close(self) -> None:
         """Stop pumping and attempting, report what is buffered, close the transport."""
@@ -232,10 +232,29 @@ class DeliveryWorker:
     def _emit(self, result: Result) -> None:
         self._results.append(result)
         if len(self._results) >= self.policy.flush_size:
-            self._spawn(self.flush())
-        elif self._flusher is None or self._flusher.done():
+            self._full.set()
+        if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(self.policy.flush_interval)
-        await self.flush()
+        """Send batches while results wait: each after ``flush_interval``, or at once when full.
+
+        One task at a time, so one report is in flight per worker: results that
+        arrive while it is sent wait for the next batch instead of a call of their own.
+        """
+        while self._results:
+            if len(self._results) < self.policy.flush_size:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.policy.flush_interval)
+            await self._send_batch()
+
+    async def _send_batch(self) -> None:
+        batch = self._results[: self.policy.flush_size]
+        del self._results[: len(batch)]
+        try:
+            await self._sink(batch)
+        except Exception:
+            # The leases of these deliveries expire and they are claimed again:
+            # at-least-once, never lost.
+            log.exception("could not report %d results", len(batch))

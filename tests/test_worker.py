@@ -19,7 +19,7 @@ from dispatcher.errors import AttemptTimeout, ConnectError
 from dispatcher.lane import LanePolicy
 from dispatcher.signing import new_secret
 from dispatcher.transport import MockTransport, Request, Response
-from dispatcher.worker import DeliveryWorker, WorkerPolicy
+from dispatcher.worker import DeliveryWorker, Sink, WorkerPolicy
 from models.deliveries import DeliveryStatus, Job, Result
 
 PENDING, SUCCEEDED, FAILED = DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED
@@ -109,16 +109,19 @@ class Rig:
         lanes: LanePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         flush_interval: float = 0.001,
+        flush_size: int = 500,
+        sink: Sink | None = None,
     ) -> DeliveryWorker:
         policy = WorkerPolicy(
             lanes=lanes or LanePolicy(),
             schedule=SCHEDULE,
             user_agent=USER_AGENT,
             flush_interval=flush_interval,
+            flush_size=flush_size,
         )
         worker = DeliveryWorker(
             MockTransport(handler),
-            self.sink,
+            sink or self.sink,
             policy,
             clock=clock,
             wall=lambda: self.wall,
@@ -453,6 +456,43 @@ async def test_results_leave_in_batches(rig: Rig) -> None:
     assert sorted(r.job.delivery_id for r in results) == list(range(1, 41))
     assert len(rig.sink.batches) < 40 / 4
     assert max(len(batch) for batch in rig.sink.batches) > 1
+
+
+async def test_a_full_batch_leaves_at_once_and_one_report_is_in_flight(rig: Rig) -> None:
+    in_flight = 0
+    most = 0
+    gate = asyncio.Event()
+
+    async def slow_sink(batch: list[Result]) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await gate.wait()  # the scheduler is busy: results keep arriving meanwhile
+        in_flight -= 1
+        await rig.sink(batch)
+
+    answered = 0
+    all_answered = asyncio.Event()
+
+    def handler(request: Request) -> Response:
+        nonlocal answered
+        answered += 1
+        if answered == 35:
+            all_answered.set()
+        return ok()
+
+    # A flush interval no test waits for: only full batches can leave.
+    worker = rig.worker(handler, flush_interval=60.0, flush_size=10, sink=slow_sink)
+    worker.submit([job(i) for i in range(1, 36)])
+    await bounded(all_answered.wait())
+    await asyncio.sleep(0)
+    assert in_flight == 1
+    gate.set()
+    await rig.sink.until(30)
+    assert most == 1
+    assert [len(batch) for batch in rig.sink.batches] == [10, 10, 10]
+    await worker.close()
+    assert sorted(r.job.delivery_id for r in rig.sink.results) == list(range(1, 36))
 
 
 async def test_close_reports_what_is_buffered(rig: Rig) -> None:
