@@ -52,6 +52,8 @@ class Lane:
         self._queues: dict[str, list[_Queued]] = {}
         self._seq = itertools.count()
         self._queued = 0
+        self.last_active = now
+        """When a job was last queued, taken or finished here."""
 
     @property
     def queued(self) -> int:
@@ -61,6 +63,7 @@ class Lane:
     def push(self, job: Job, now: float) -> None:
         """Queue ``job``; its endpoint's ``rate_limit`` takes effect from now on."""
         self._configure_endpoint(job, now)
+        self.last_active = now
         heapq.heappush(
             self._queues.setdefault(job.endpoint_id, []),
             _Queued(job.priority, next(self._seq), job),
@@ -110,12 +113,27 @@ class Lane:
         if bucket := self._endpoint_buckets.get(job.endpoint_id):
             bucket.try_acquire(now)
         self.in_flight += 1
+        self.last_active = now
         return job
 
     def done(self, success: bool, now: float) -> None:
         """An attempt of a job from :meth:`take` ended."""
         self.in_flight -= 1
+        self.last_active = now
         self.breaker.record(success, now)
+
+    def idle(self, now: float, after: float) -> bool:
+        """Nothing queued or in flight for ``after`` seconds, and the breaker closed.
+
+        Such a lane holds nothing a new one would not: its buckets are full
+        again and its breaker remembers no failure worth keeping.
+        """
+        return (
+            not self._queued
+            and not self.in_flight
+            and self.breaker.state is BreakerState.CLOSED
+            and now - self.last_active >= after
+        )
 
     def drain(self, endpoint_ids: set[str] | None = None) -> list[Job]:
         """Remove and return the queued jobs (of ``endpoint_ids`` only, if given)."""

@@ -50,6 +50,8 @@ class WorkerPolicy:
     latency, for CPU.
     """
     flush_size: int = 1000
+    forget_lanes_after: float = 600.0
+    """Seconds a lane may sit idle (closed breaker) before its host is forgotten."""
 
 
 class DeliveryWorker:
@@ -79,12 +81,15 @@ class DeliveryWorker:
         self._results: list[Result] = []
         self._flusher: asyncio.Task[None] | None = None
         self._full = asyncio.Event()
+        self._swept = clock()
 
     # -- what the actor exposes -------------------------------------------------
 
     def submit(self, jobs: Iterable[Job]) -> None:
         """Queue jobs in their lanes and make sure each lane is being pumped."""
         now = self._clock()
+        if now - self._swept >= self.policy.forget_lanes_after / 10:
+            self.sweep(now)
         touched = set()
         for job in jobs:
             lane = self._lanes.get(job.origin)
@@ -102,6 +107,25 @@ class DeliveryWorker:
         released = [job for lane in self._lanes.values() for job in lane.drain(ids)]
         self._release(released, self._wall())
         return len(released)
+
+    def sweep(self, now: float) -> int:
+        """Forget the lanes idle for ``forget_lanes_after`` seconds; return how many.
+
+        A worker sees every host its share of endpoints ever named: without
+        this, one lane per host would stay in memory for the actor's life.
+        """
+        self._swept = now
+        idle = [
+            origin
+            for origin, lane in self._lanes.items()
+            if lane.idle(now, self.policy.forget_lanes_after)
+        ]
+        for origin in idle:
+            pump = self._pumps.pop(origin, None)
+            if pump is not None and not pump.done():
+                pump.cancel()
+            del self._lanes[origin], self._changed[origin]
+        return len(idle)
 
     def held(self) -> list[tuple[int, str]]:
         """``(delivery id, origin)`` of every job held, queued or in flight (for leases)."""

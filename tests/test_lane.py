@@ -275,3 +275,18 @@ def test_queued_count_through_push_take_and_drain() -> None:
     assert lane.queued == 0
     assert lane.drain() == []
     assert lane.queued == 0
+
+
+def test_a_lane_is_idle_only_when_empty_quiet_and_closed() -> None:
+    lane = lane_with([job(1)], LanePolicy(concurrency=100, rate=1000.0, breaker=BREAKER))
+    assert not lane.idle(1000.0, after=60.0)  # a job is queued
+    assert taken(lane, 1.0) == 1
+    assert not lane.idle(1000.0, after=60.0)  # it is in flight
+    lane.done(False, 2.0)
+    assert not lane.idle(61.0, after=60.0)  # quiet for 59 s only
+    assert lane.idle(62.0, after=60.0)
+
+    lane.push(job(2), 70.0)
+    assert taken(lane, 70.0) == 2
+    lane.done(False, 71.0)  # a second failure in a row opens the breaker
+    assert not lane.idle(500.0, after=60.0)  # it remembers a failing host

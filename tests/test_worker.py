@@ -495,6 +495,27 @@ async def test_a_full_batch_leaves_at_once_and_one_report_is_in_flight(rig: Rig)
     assert sorted(r.job.delivery_id for r in rig.sink.results) == list(range(1, 36))
 
 
+async def test_idle_hosts_are_forgotten(rig: Rig) -> None:
+    now = [0.0]
+    worker = rig.worker(lambda request: ok(), clock=lambda: now[0])
+    worker.submit([job(1, origin=A), job(2, origin=B)])
+    await rig.sink.until(2)
+    assert worker.stats()["lanes"] == 2
+
+    now[0] = 599.0
+    assert worker.sweep(now[0]) == 0
+    worker.submit([job(3, origin=B)])  # B is busy again
+    await rig.sink.until(3)
+    now[0] = 700.0  # A has been idle for 700 s, B for 101 s
+    assert worker.sweep(now[0]) == 1
+    assert worker.stats()["lanes"] == 1
+
+    worker.submit([job(4, origin=A)])  # a forgotten host gets a fresh lane
+    results = await rig.sink.until(4)
+    assert {r.job.delivery_id: r.status for r in results} == {i: SUCCEEDED for i in range(1, 5)}
+    assert worker.stats()["lanes"] == 2
+
+
 async def test_close_reports_what_is_buffered(rig: Rig) -> None:
     answered = asyncio.Event()
 
