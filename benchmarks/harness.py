@@ -478,12 +478,22 @@ class Bench:
         return [(self.ports[host], found[event_id], event_id) for host, event_id in keys]
 
 
+@dataclass(frozen=True)
+class RawLimit:
+    """What the plain client reached: its best rate, its rate per concurrency, its CPU."""
+
+    per_s: float
+    by_concurrency: dict[int, float]
+    cpu_ms: float
+    """This process's CPU per request at the best concurrency."""
+
+
 async def raw_limit(
     requests: Sequence[tuple[int, bytes, str]],
     concurrencies: Sequence[int] = (16, 32, 64, 128),
     rounds: int = 2,
     within: float = 60.0,
-) -> tuple[float, dict[int, float]]:
+) -> RawLimit:
     """POSTs per second of one plain aiohttp client at its best concurrency.
 
     The same bodies to the same receivers (``POST /raw``, answered like
@@ -492,6 +502,7 @@ async def raw_limit(
     times (the best round counts: other load on the machine only slows a round).
     """
     rates: dict[int, float] = {}
+    cpu_ms: dict[int, float] = {}
     for concurrency in [c for _ in range(rounds) for c in concurrencies]:
         connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -506,8 +517,81 @@ async def raw_limit(
                     ) as response:
                         await response.read()
 
-            started = time.monotonic()
+            started, cpu = time.monotonic(), time.process_time()
             await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), within)
             rate = round(len(requests) / (time.monotonic() - started), 1)
-            rates[concurrency] = max(rate, rates.get(concurrency, 0.0))
-    return max(rates.values(), default=0.0), rates
+            if rate > rates.get(concurrency, 0.0):
+                rates[concurrency] = rate
+                cpu_ms[concurrency] = round((time.process_time() - cpu) * 1000 / len(requests), 3)
+    best = max(rates, key=rates.__getitem__, default=None)
+    return RawLimit(rates[best] if best else 0.0, rates, cpu_ms[best] if best else 0.0)
+
+
+async def worker_limit(
+    requests: Sequence[tuple[int, bytes, str]],
+    host_concurrency: int,
+    rounds: int = 2,
+    within: float = 60.0,
+) -> dict[str, float]:
+    """The same POSTs through the delivery actor's own code, without Ray or a database.
+
+    One ``DeliveryWorker`` with the real ``AiohttpTransport`` in this process:
+    lanes (one per receiver port, ``host_concurrency`` attempts each), signing,
+    outcomes and results, all as in a delivery actor; results go nowhere. What
+    it reaches is the most any dispatcher built on this worker can deliver
+    here, whatever the database and Ray cost. Also reports this process's CPU
+    per request, for it and for the plain client (``raw_cpu_ms``).
+    """
+    from dispatcher.lane import LanePolicy
+    from dispatcher.signing import new_secret
+    from dispatcher.transport import AddressPolicy, AiohttpTransport
+    from dispatcher.worker import DeliveryWorker, WorkerPolicy
+    from models.deliveries import Job, Result
+
+    secret = new_secret()
+    jobs = [
+        Job(
+            delivery_id=i,
+            event_id=event_id,
+            endpoint_id=f"port-{port}",
+            url=f"http://127.0.0.1:{port}/raw",
+            origin=f"http://127.0.0.1:{port}",
+            secret=secret,
+            rate_limit=None,
+            priority=1,
+            attempts=0,
+            body=body,
+        )
+        for i, (port, body, event_id) in enumerate(requests)
+    ]
+    policy = WorkerPolicy(
+        lanes=LanePolicy(concurrency=host_concurrency, rate=1e9), flush_interval=0.01
+    )
+
+    async def one_round() -> tuple[float, float]:
+        reported = 0
+        finished = asyncio.Event()
+
+        async def sink(results: list[Result]) -> None:
+            nonlocal reported
+            reported += len(results)
+            if reported >= len(jobs):
+                finished.set()
+
+        transport = AiohttpTransport(AddressPolicy(allow_private=True), user_agent="bench")
+        worker = DeliveryWorker(transport, sink, policy)
+        started, cpu = time.monotonic(), time.process_time()
+        worker.submit(jobs)
+        try:
+            await asyncio.wait_for(finished.wait(), within)
+        finally:
+            await worker.close()
+        rate = len(jobs) / (time.monotonic() - started)
+        return round(rate, 1), round((time.process_time() - cpu) * 1000 / len(jobs), 3)
+
+    best = {"worker_limit_per_s": 0.0, "worker_cpu_ms": math.inf}
+    for _ in range(rounds):
+        rate, cpu_ms = await one_round()
+        best["worker_limit_per_s"] = max(best["worker_limit_per_s"], rate)
+        best["worker_cpu_ms"] = min(best["worker_cpu_ms"], cpu_ms)
+    return best

@@ -8,7 +8,10 @@ not the politeness limit (100/s per host by default). Events are spread evenly
 over the hosts (one account and endpoint per host) and posted in batches while
 deliveries flow. Afterwards, with the service idle, one plain aiohttp client
 posts the same bodies to the same receivers at a few concurrencies: the best
-rate is ``raw_limit_per_s``.
+rate is ``raw_limit_per_s``. Then the delivery actor's own code
+(``DeliveryWorker`` + ``AiohttpTransport``, signing and lanes included) posts
+them again in this process, without Ray or a database: ``worker_limit_per_s``,
+the most any dispatcher built on that worker could deliver here.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from benchmarks.harness import (
     progress,
     raw_limit,
     run_main,
+    worker_limit,
     write_result,
 )
 
@@ -42,12 +46,16 @@ async def run(
     post_concurrency: int,
     within: float,
     host_rate_limit: float,
+    host_concurrency: int,
     raw_requests: int,
     profile: Path | None,
 ) -> dict[str, Any]:
     """Run the benchmark; return its result."""
     info = machine()
-    env = {"SENTINMAIL_HOST_RATE_LIMIT": str(host_rate_limit)}
+    env = {
+        "SENTINMAIL_HOST_RATE_LIMIT": str(host_rate_limit),
+        "SENTINMAIL_HOST_CONCURRENCY": str(host_concurrency),
+    }
     async with Bench(
         "throughput", database_url, create_database=create_database, receivers=hosts, env=env
     ) as bench:
@@ -73,7 +81,9 @@ async def run(
         peak_rss, peak_pss = bench.sampler.peak_rss, bench.sampler.peak_pss
 
         sample = sorted(outcome.delivered)[:raw_requests]
-        raw, raw_by_concurrency = await raw_limit(await bench.bodies(sample))
+        bodies = await bench.bodies(sample)
+        raw = await raw_limit(bodies)
+        floor = await worker_limit(bodies, host_concurrency)
 
     span = outcome.last_arrival - ingest.first_post
     per_s = len(outcome.delivered) / span if span > 0 else 0.0
@@ -89,15 +99,17 @@ async def run(
         "p50_ms": outcome.p(50),
         "p95_ms": outcome.p(95),
         "p99_ms": outcome.p(99),
-        "raw_limit_per_s": raw,
-        "ratio_to_raw": round(per_s / raw, 3) if raw else 0.0,
+        "raw_limit_per_s": raw.per_s,
+        "ratio_to_raw": round(per_s / raw.per_s, 3) if raw.per_s else 0.0,
         "lost": outcome.lost + events - len(ingest.accepted_at),
         "peak_rss_mb": round(peak_rss / 2**20, 1),
         "peak_pss_mb": round(peak_pss / 2**20, 1),
         "hosts": hosts,
         "batch": batch,
         "host_rate_limit": host_rate_limit,
-        "raw_by_concurrency": raw_by_concurrency,
+        "raw_by_concurrency": raw.by_concurrency,
+        "raw_cpu_ms": raw.cpu_ms,
+        **floor,
         "cpu_seconds": cpu_seconds,
         "duplicates": outcome.duplicates,
         "delivered_while_ingesting": during,
@@ -118,6 +130,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--hosts", type=int, default=50)
     parser.add_argument("--host-rate-limit", type=float, default=100_000.0)
+    parser.add_argument(
+        "--host-concurrency", type=int, default=16, help="attempts in flight per host"
+    )
     parser.add_argument("--raw-requests", type=int, default=5_000, help="per concurrency tried")
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy the service into this directory"
@@ -133,6 +148,7 @@ def main() -> None:
             post_concurrency=args.post_concurrency,
             within=args.timeout,
             host_rate_limit=args.host_rate_limit,
+            host_concurrency=args.host_concurrency,
             raw_requests=args.raw_requests,
             profile=args.profile,
         )
