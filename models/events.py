@@ -11,11 +11,13 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, field_validator
 from pydantic import Field as PydanticField
-from sqlalchemy import Text, insert, select
+from sqlalchemy import Column, Table, Text, insert, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col
 
@@ -31,6 +33,12 @@ MAX_BATCH = 1000
 # A syntactic check only: recipients come from our own email platform, which
 # has already delivered to them; full RFC 5321 validation cost 80 us per event.
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+# Printable ASCII ("!" to "~") but "/": 0.4 us for a 40-character id, where a
+# generator over its characters took 7 us.
+_EVENT_ID = re.compile(r"[!-.0-~]*")
+# Built once: ``json.dumps`` with options builds an encoder on every call.
+_STRICT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def _check_email(value: str) -> str:
@@ -39,19 +47,17 @@ def _check_email(value: str) -> str:
     return value
 
 
-def _check_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
+def _check_utc(value: datetime) -> datetime:
     try:
         return value.replace(tzinfo=value.tzinfo or UTC).astimezone(UTC)
     except OverflowError:
         raise ValueError("is out of range once converted to UTC") from None
 
 
-def _check_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
+def _check_json(value: dict[str, Any]) -> dict[str, Any]:
     # Sent as strict JSON in UTF-8: no NaN or Infinity, no unpaired surrogates.
     try:
-        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+        _STRICT_JSON.encode(value).encode()
     except ValueError as exc:
         raise ValueError(f"is not representable as strict JSON ({exc})") from None
     return value
@@ -79,10 +85,11 @@ class EventIn(BaseModel):
     )
     sent_email_id: str | None = PydanticField(default=None, max_length=200)
     campaign_id: str | None = PydanticField(default=None, max_length=200)
-    metadata: Annotated[dict[str, Any] | None, AfterValidator(_check_json)] = PydanticField(
+    # The checks sit inside the optional types: an absent field costs no call.
+    metadata: Annotated[dict[str, Any], AfterValidator(_check_json)] | None = PydanticField(
         default=None, examples=[{"user_agent": "Mozilla/5.0...", "ip": "203.0.113.42"}]
     )
-    timestamp: Annotated[datetime | None, AfterValidator(_check_utc)] = PydanticField(
+    timestamp: Annotated[datetime, AfterValidator(_check_utc)] | None = PydanticField(
         default=None, description="ISO 8601; now (UTC) when absent; no zone means UTC."
     )
 
@@ -90,7 +97,7 @@ class EventIn(BaseModel):
     @classmethod
     def _check_id(cls, value: str | None) -> str | None:
         # The id travels in the ``webhook-id`` header and in ``GET .../events/{id}/``.
-        if value is not None and not all("!" <= c <= "~" and c != "/" for c in value):
+        if value is not None and not _EVENT_ID.fullmatch(value):
             raise ValueError("must be printable ASCII without spaces or '/'")
         return value
 
@@ -146,8 +153,21 @@ class Event(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-def _timestamp(value: datetime | None, now: datetime) -> str:
-    at = now if value is None else value.replace(tzinfo=value.tzinfo or UTC).astimezone(UTC)
+# Core table and the columns ingestion writes, in table order.
+EVENT: Table = Event.__table__  # type: ignore[attr-defined]
+_EVENT_COLUMNS = ("account_id", "id", "type", "body", "created_at")
+_DELIVERY_COLUMNS = (
+    "account_id", "event_id", "endpoint_id", "priority", "status", "attempts",
+    "due_at", "created_at", "updated_at",
+)  # fmt: skip
+_PRIORITY = {t.value: int(t.priority) for t in EventType}
+# The placeholder of each DBAPI parameter style that takes values in a tuple.
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+_PENDING = DeliveryStatus.PENDING.value
+
+
+def _timestamp(value: datetime) -> str:
+    at = value.replace(tzinfo=value.tzinfo or UTC).astimezone(UTC)
     return at.isoformat(timespec="milliseconds" if at.microsecond else "seconds").replace(
         "+00:00", "Z"
     )
@@ -155,16 +175,24 @@ def _timestamp(value: datetime | None, now: datetime) -> str:
 
 def payload_body(event: EventIn, event_id: str, now: datetime) -> str:
     """The JSON body every delivery of ``event`` sends: the seven public fields, compact."""
-    payload = {
-        "id": event_id,
-        "type": event.type.value,
-        "recipient": event.recipient,
-        "sent_email_id": event.sent_email_id,
-        "campaign_id": event.campaign_id,
-        "metadata": event.metadata if event.metadata is not None else {},
-        "timestamp": _timestamp(event.timestamp, now),
-    }
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return _payload_body(event, event_id, _timestamp(now))
+
+
+def _payload_body(event: EventIn, event_id: str, default_timestamp: str) -> str:
+    # ``payload_body``, with the timestamp of events without one formatted once per batch.
+    return _COMPACT_JSON.encode(
+        {
+            "id": event_id,
+            "type": event.type.value,
+            "recipient": event.recipient,
+            "sent_email_id": event.sent_email_id,
+            "campaign_id": event.campaign_id,
+            "metadata": event.metadata if event.metadata is not None else {},
+            "timestamp": (
+                default_timestamp if event.timestamp is None else _timestamp(event.timestamp)
+            ),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -193,68 +221,121 @@ def ingest(session: Session, account_id: str, events: list[EventIn]) -> Ingested
 def _ingest(session: Session, account_id: str, events: list[EventIn]) -> Ingested:
     now = utcnow()
     ids = [e.id or _new_event_id() for e in events]
-    known = set(
-        session.execute(
-            select(col(Event.id)).where(col(Event.account_id) == account_id, col(Event.id).in_(ids))
-        ).scalars()
-    )
+    known = _known_ids(session, account_id, ids)
     accepted: list[str] = []
     duplicates: list[str] = []
-    rows: list[dict[str, Any]] = []
+    new: list[EventIn] = []
     for event, event_id in zip(events, ids, strict=True):
         if event_id in known:
             duplicates.append(event_id)
             continue
         known.add(event_id)
         accepted.append(event_id)
-        rows.append(
-            {
-                "account_id": account_id,
-                "id": event_id,
-                "type": event.type.value,
-                "body": payload_body(event, event_id, now),
-                "created_at": now,
-            }
-        )
-    deliveries = _outbox(session, account_id, rows, now)
-    if rows:
-        session.execute(insert(Event.__table__), rows)  # type: ignore[attr-defined]
-    if deliveries:
-        session.execute(insert(DELIVERY), deliveries)
+        new.append(event)
+    deliveries: list[tuple[Any, ...]] = []
+    if new:
+        dialect = session.connection().dialect
+        created_at = _bound(dialect, EVENT.c.created_at, now)
+        default_timestamp = _timestamp(now)
+        rows = [
+            (
+                account_id,
+                event_id,
+                event.type.value,
+                _payload_body(event, event_id, default_timestamp),
+                created_at,
+            )
+            for event, event_id in zip(new, accepted, strict=True)
+        ]
+        deliveries = _outbox(session, account_id, rows, _bound(dialect, DELIVERY.c.due_at, now))
+        _insert_rows(session, EVENT, _EVENT_COLUMNS, rows)
+        if deliveries:
+            _insert_rows(session, DELIVERY, _DELIVERY_COLUMNS, deliveries)
     session.commit()
     return Ingested(accepted, duplicates, len(deliveries))
 
 
+def _known_ids(session: Session, account_id: str, ids: list[str]) -> set[str]:
+    """Which of ``ids`` the account has already submitted.
+
+    The IN list goes straight to the driver: SQLAlchemy's expansion of the
+    bound values cost 3.5 us per id, the query itself 0.5.
+    """
+    connection = session.connection()
+    marker = _PLACEHOLDERS.get(connection.dialect.paramstyle)
+    if marker is None or not ids:  # another driver, or nothing to look for
+        query = select(EVENT.c.id).where(EVENT.c.account_id == account_id, EVENT.c.id.in_(ids))
+        return set(connection.execute(query).scalars())
+    table = connection.dialect.identifier_preparer.quote(EVENT.name)
+    markers = ", ".join([marker] * len(ids))
+    sql = f"SELECT id FROM {table} WHERE account_id = {marker} AND id IN ({markers})"
+    return {row[0] for row in connection.exec_driver_sql(sql, (account_id, *ids))}
+
+
 def _outbox(
-    session: Session, account_id: str, events: list[dict[str, Any]], now: datetime
-) -> list[dict[str, Any]]:
-    """One delivery row per event and subscribed, enabled endpoint."""
-    if not events:
-        return []
-    endpoints = session.execute(
-        select(col(Endpoint.id), col(Endpoint.events)).where(
-            col(Endpoint.account_id) == account_id, col(Endpoint.enabled).is_(True)
+    session: Session, account_id: str, events: list[tuple[Any, ...]], now: Any
+) -> list[tuple[Any, ...]]:
+    """One delivery row per event row and subscribed, enabled endpoint; ``now`` as bound."""
+    endpoints = [
+        (endpoint_id, frozenset(subscribed))
+        for endpoint_id, subscribed in session.execute(
+            select(col(Endpoint.id), col(Endpoint.events)).where(
+                col(Endpoint.account_id) == account_id, col(Endpoint.enabled).is_(True)
+            )
         )
-    ).all()
+    ]
     rows = []
-    for event in events:
-        priority = EventType(event["type"]).priority
+    for _, event_id, event_type, _, _ in events:
+        priority = _PRIORITY[event_type]
         for endpoint_id, subscribed in endpoints:
-            if event["type"] in subscribed:
+            if event_type in subscribed:
                 rows.append(
-                    {
-                        "account_id": account_id,
-                        "event_id": event["id"],
-                        "endpoint_id": endpoint_id,
-                        "priority": priority,
-                        "status": DeliveryStatus.PENDING,
-                        "attempts": 0,
-                        "due_at": now,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
+                    (account_id, event_id, endpoint_id, priority, _PENDING, 0, now, now, now)
                 )
     return rows
+
+
+def _bound(dialect: Dialect, column: Column[Any], value: Any) -> Any:
+    """``value`` as the driver takes it for ``column`` (what SQLAlchemy binds)."""
+    processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return value if processor is None else processor(value)
+
+
+@lru_cache(maxsize=16)
+def _insert_sql(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[str, bool]:
+    """The driver's INSERT of ``columns`` into ``table``, and whether it takes tuples.
+
+    Placeholders for tuples where the driver takes them (SQLite, psycopg):
+    psycopg matches names to values for every row of a dict.
+    """
+    marker = _PLACEHOLDERS.get(dialect.paramstyle)
+    if marker is not None:
+        quote = dialect.identifier_preparer.quote
+        names = ", ".join(quote(c) for c in columns)
+        markers = ", ".join([marker] * len(columns))
+        return f"INSERT INTO {quote(table.name)} ({names}) VALUES ({markers})", True
+    compiled = insert(table).compile(
+        dialect=dialect, column_keys=list(columns), for_executemany=True
+    )
+    if compiled.positional and tuple(compiled.positiontup or ()) != columns:
+        raise AssertionError(f"{columns} are not in {table.name}'s order")
+    return compiled.string, compiled.positional
+
+
+def _insert_rows(
+    session: Session, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """INSERT ``rows`` (values of ``columns``) with one executemany, straight to the driver.
+
+    SQLAlchemy's own executemany builds and converts a dict per row, which cost
+    five times the CPU of the driver's. Values must be as the driver takes
+    them: str and int columns as they are, others through :func:`_bound`.
+    """
+    connection = session.connection()
+    sql, positional = _insert_sql(connection.dialect, table, columns)
+    connection.exec_driver_sql(
+        sql, rows if positional else [dict(zip(columns, row, strict=True)) for row in rows]
+    )
 
 
 def get_event(session: Session, account_id: str, event_id: str) -> EventOut:

@@ -13,9 +13,12 @@ from httpx2 import Response
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
+from models import accounts
 from models.base import utcnow
+from models.db import make_engine
 from models.deliveries import Delivery, DeliveryStatus, Result, claim, record
-from models.events import Event
+from models.event_types import EventType
+from models.events import Event, EventIn, Ingested, ingest
 
 EVENTS = "/api/emails/events/"
 ENDPOINTS = "/api/emails/webhook-endpoints/"
@@ -194,6 +197,80 @@ def test_the_stored_payload_has_exactly_the_seven_public_fields(
     assert minimal["sent_email_id"] is None
     assert minimal["campaign_id"] is None
     assert minimal["metadata"] == {}
+
+
+# One event with what JSON encoders disagree on: non-ASCII, escapes, floats, a big
+# integer, a duplicate key (the last value wins, in the first key's place), an offset.
+TRICKY_EVENT = (
+    '{"id": "evt-1", "type": "clicked", "recipient": "zo\u00eb@example.com",'
+    ' "sent_email_id": null, "campaign_id": "c\\u00e4mp",'
+    ' "metadata": {"b": 1, "a": [2.5, 1e300, -0.0, 12345678901234567890, true, null],'
+    ' "q": "say \\"hi\\"\\\\ \\n\\u0001 \\u2028 \U0001f600", "b": {}},'
+    ' "timestamp": "2026-04-02T09:30:00.250-05:00"}'
+).encode()
+TRICKY_BODY = (
+    '{"id":"evt-1","type":"clicked","recipient":"zo\u00eb@example.com","sent_email_id":null,'
+    '"campaign_id":"c\u00e4mp","metadata":{"b":{},"a":[2.5,1e+300,-0.0,12345678901234567890,true,null],'
+    '"q":"say \\"hi\\"\\\\ \\n\\u0001 \u2028 \U0001f600"},"timestamp":"2026-04-02T14:30:00.250Z"}'
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        TRICKY_EVENT,
+        b"[" + TRICKY_EVENT + b"]",
+        b" \r\n\t[" + TRICKY_EVENT + b"] \n",
+        b"\xef\xbb\xbf" + TRICKY_EVENT,  # a UTF-8 BOM: only json.loads reads it
+    ],
+    ids=["object", "array", "array after whitespace", "object after a BOM"],
+)
+def test_the_stored_body_is_exactly_what_every_delivery_sends(
+    client: TestClient, api_key: str, engine: Engine, body: bytes
+) -> None:
+    endpoint(client, api_key)
+    accept(client, api_key, body)
+    with Session(engine) as session:
+        stored = session.exec(select(Event.body).where(Event.id == "evt-1")).one()
+    assert stored == TRICKY_BODY
+
+
+def test_ingesting_no_events_stores_nothing(engine: Engine, api_key: str) -> None:
+    with Session(engine) as session:
+        account = accounts.authenticate(session, api_key)
+        assert account is not None
+        assert ingest(session, account.id, []) == Ingested([], [], 0)
+    assert count_rows(engine) == (0, 0)
+
+
+def test_a_driver_taking_named_parameters_stores_the_same_rows(
+    backend: str, database_url: str, client: TestClient, api_key: str
+) -> None:
+    # Ingestion hands SQL to the driver itself; pysqlite also takes :name parameters.
+    if backend != "sqlite":
+        pytest.skip("only pysqlite takes both parameter styles")
+    endpoint(client, api_key)
+    at = "2026-04-02T14:30:00Z"
+    accept(client, api_key, [event(id="evt-1", timestamp=at), event(id="evt-2", type="bounced")])
+    named = make_engine(database_url, paramstyle="named")
+    try:
+        with Session(named) as session:
+            account = accounts.authenticate(session, api_key)
+            assert account is not None
+            events = [
+                EventIn(id="evt-2", type=EventType.BOUNCED, recipient="user@example.com"),
+                EventIn(
+                    id="evt-3", type=EventType.OPENED, recipient="user@example.com", timestamp=at
+                ),
+            ]
+            assert ingest(session, account.id, events) == Ingested(["evt-3"], ["evt-2"], 1)
+    finally:
+        named.dispose()
+    first, third = show(client, api_key, "evt-1"), show(client, api_key, "evt-3")
+    assert third["payload"] == {**first["payload"], "id": "evt-3"}
+    (delivery,) = third["deliveries"]
+    assert (delivery["status"], delivery["attempts"]) == ("pending", [])
+    assert delivery["next_attempt_at"] == third["accepted_at"]
 
 
 # --- fan-out -------------------------------------------------------------------------------
