@@ -427,6 +427,7 @@ INVALID: list[tuple[str, Any, list[Any], str]] = [
     ("not UTF-8", b'{"type": "opened", "recipient": "\xff@example.com"}', ["body"], "not JSON"),
     ("empty body", b"", ["body"], "not JSON"),
     ("nested too deeply", NESTED, ["body"], "not JSON"),
+    ("an integer of 5,000 digits", b'{"type": "opened", "metadata": {"n": ' + b"9" * 5000 + b"}}", ["body"], "not JSON"),
 ]  # fmt: skip
 
 

@@ -54,7 +54,8 @@ def _parse_and_validate(body: bytes) -> list[EventIn]:
     """The events in ``body``, or a 422 naming what is wrong and where."""
     try:
         parsed = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    # ValueError also covers integers past Python's digit limit (4,300).
+    except (ValueError, RecursionError) as exc:
         raise RequestValidationError(
             [{"loc": ["body"], "msg": f"not JSON: {exc}", "type": "json_invalid"}]
         ) from None
