@@ -95,7 +95,8 @@ class SchedulerActor:
         disabled = await self._in_db(self.scheduler.record, results, utcnow())
         if disabled:
             (await self.router.get()).forget.remote(disabled)
-        self._wakeup.set()  # capacity was freed
+        if self.scheduler.worth_claiming:  # freed capacity lets waiting work in, or a retry is due
+            self._wakeup.set()
 
     async def renew(self, held: list[tuple[int, str]]) -> None:
         """Extend the leases of what a worker still holds."""

@@ -43,17 +43,31 @@ class Scheduler:
         self.disable_after = disable_after
         self._origin_of: dict[int, str] = {}
         self._per_origin: Counter[str] = Counter()
+        self._worth_claiming = True
 
     @property
     def in_flight(self) -> int:
         """Deliveries out of the database, as far as this scheduler knows."""
         return len(self._origin_of)
 
+    @property
+    def worth_claiming(self) -> bool:
+        """Whether a claim now may find work that the last claim did not take.
+
+        True when the last claim was cut short by capacity (a full batch, or a
+        host at its cap: recorded results free room for what waits), or when a
+        result since made a delivery due at once (an immediate retry). Otherwise
+        everything due was claimed, and only new events, later due times and
+        expired leases bring more: the API's wake-up and the periodic poll.
+        """
+        return self._worth_claiming
+
     def claim(self, now: datetime) -> list[Job]:
         """Lease the next due deliveries that fit, high priority first."""
         free = self.capacity.max_in_flight - self.in_flight
         limit = min(free, self.capacity.claim_batch)
         if limit <= 0:
+            self._worth_claiming = True
             return []
         cap = self.capacity.max_in_flight_per_host
         full = [o for o, n in self._per_origin.items() if n >= cap]
@@ -67,23 +81,32 @@ class Scheduler:
                 room=lambda origin: cap - self._per_origin[origin],
             )
         self._track((job.delivery_id, job.origin) for job in jobs)
+        self._worth_claiming = len(jobs) >= limit or any(
+            n >= cap for n in self._per_origin.values()
+        )
         return jobs
 
     def record(self, results: Sequence[Result], now: datetime) -> list[str]:
         """Write a batch of results; return the endpoints this disabled."""
+        succeeded: set[str] = set()
+        failed: set[str] = set()
+        gone: set[str] = set()
+        for r in results:
+            if r.status is DeliveryStatus.SUCCEEDED:
+                succeeded.add(r.job.endpoint_id)
+            elif r.attempted:
+                failed.add(r.job.endpoint_id)
+            if r.gone:
+                gone.add(r.job.endpoint_id)
+            if r.status is DeliveryStatus.PENDING and r.due_at is not None and r.due_at <= now:
+                self._worth_claiming = True
         with Session(self.engine) as session:
             deliveries.record(session, results, now=now)
             disabled = endpoints.record_health(
                 session,
-                succeeded={
-                    r.job.endpoint_id for r in results if r.status is DeliveryStatus.SUCCEEDED
-                },
-                failed={
-                    r.job.endpoint_id
-                    for r in results
-                    if r.attempted and r.status is not DeliveryStatus.SUCCEEDED
-                },
-                gone={r.job.endpoint_id for r in results if r.gone},
+                succeeded=succeeded,
+                failed=failed,
+                gone=gone,
                 now=now,
                 disable_after=self.disable_after,
             )

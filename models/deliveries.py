@@ -13,21 +13,24 @@ picklable, batched.
 
 from __future__ import annotations
 
+import copyreg
+import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from functools import lru_cache
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
+    Connection,
     ForeignKeyConstraint,
     Index,
     Integer,
     String,
-    bindparam,
     func,
-    insert,
     select,
     text,
     update,
@@ -35,10 +38,12 @@ from sqlalchemy import (
 from sqlmodel import Field, Session, SQLModel, col
 
 from models.base import UTCDateTime, utcnow
+from models.event_types import Priority
 
 # SQLite autoincrements only INTEGER PRIMARY KEY; elsewhere rows may outnumber 2**31.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 CHUNK = 500  # ids per IN (...) list
+_T = TypeVar("_T")
 
 
 class DeliveryStatus(StrEnum):
@@ -123,6 +128,8 @@ class Result:
     ``status`` is the delivery's new status; ``due_at`` is set when it is
     ``pending`` again. ``attempted`` is False when the job was only released
     (a parked lane, a forgotten endpoint): no attempt is recorded or counted.
+    ``parked`` says the release was the host's breaker opening: ``due_at`` is
+    then when it half-opens.
     """
 
     job: Job
@@ -134,12 +141,166 @@ class Result:
     error: str | None = None
     duration_ms: int = 0
     gone: bool = False
+    parked: bool = False
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     """``items`` in slices of at most ``size``."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# Jobs and results cross Ray in batches, several times each. Pickled by default, a
+# slotted dataclass is rebuilt from a state list, one setattr per field; as a call
+# of the class with its field values it costs half as much to load.
+def _by_fields(cls: type[_T]) -> Callable[[_T], tuple[type[_T], tuple[Any, ...]]]:
+    values = attrgetter(*(f.name for f in fields(cls)))  # type: ignore[arg-type]
+
+    def reduce(obj: _T) -> tuple[type[_T], tuple[Any, ...]]:
+        return cls, values(obj)
+
+    return reduce
+
+
+copyreg.pickle(Job, _by_fields(Job))
+copyreg.pickle(Result, _by_fields(Result))
+
+
+# --- the hot path: plain SQL, straight to the driver ------------------------------------------
+#
+# The scheduler claims and settles every delivery through these statements. Built
+# with SQLAlchemy, its own work cost several times the database's: an IN list was
+# compiled afresh for every claim, and every row of an executemany went through a
+# dict and a type processor per value. So these are plain SQL with positional
+# parameters, written once per backend; a list of values is one parameter (a
+# JSON array on SQLite, an array on PostgreSQL), whatever its length.
+
+
+@dataclass(frozen=True, slots=True)
+class Driver:
+    """How the hot path writes SQL and binds values for one backend (SQLite or PostgreSQL)."""
+
+    postgresql: bool
+    mark: str  # the positional placeholder of the driver's paramstyle
+    # The placeholder of a list: psycopg's binary one, ``%b``, dumps a list of
+    # 300 values in a quarter of the time its text one takes, ``%s``.
+    list_mark: str
+
+    def in_list(self, sql_type: str) -> str:
+        """``IN`` a list bound by :meth:`values` (whose elements PostgreSQL types ``sql_type``)."""
+        if self.postgresql:
+            return f"= ANY({self.list_mark}::{sql_type}[])"
+        return f"IN (SELECT value FROM json_each({self.list_mark}))"
+
+    def values(self, values: Sequence[Any]) -> Any:
+        """``values`` as the one parameter of :meth:`in_list` or of a PostgreSQL ``unnest``."""
+        return list(values) if self.postgresql else json.dumps(values)
+
+    def time(self, value: datetime | None) -> Any:
+        """An aware datetime as :class:`UTCDateTime` binds it (naive UTC text on SQLite)."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"expected an aware datetime, got {value!r}")
+        if self.postgresql:
+            return value
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        # SQLAlchemy's SQLite format, "YYYY-MM-DD HH:MM:SS.ffffff", without the "+00:00".
+        return value.isoformat(" ", "microseconds")[:26]
+
+
+_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
+def driver(session: Session) -> tuple[Connection, Driver]:
+    """The session's connection (in its transaction) and how to talk to its driver."""
+    connection = session.connection()
+    dialect = connection.dialect
+    return connection, _driver(dialect.name, dialect.driver, dialect.paramstyle)
+
+
+@lru_cache(maxsize=8)
+def _driver(name: str, driver: str, paramstyle: str) -> Driver:
+    if name not in ("sqlite", "postgresql") or paramstyle not in _MARKS:
+        raise NotImplementedError(f"the dispatcher supports SQLite and PostgreSQL, not {name}")
+    mark = _MARKS[paramstyle]
+    return Driver(
+        postgresql=name == "postgresql",
+        mark=mark,
+        list_mark="%b" if driver == "psycopg" else mark,
+    )
+
+
+# Written as the partial index's own predicate, in literals: a bound parameter
+# would keep SQLite (and a generic PostgreSQL plan) from using ix_delivery_open.
+_OPEN_SQL = "d." + OPEN_CLAUSE.text
+# Every priority, so that the index is searched by (priority, due_at <= now) ranges
+# instead of read in full: leases not yet expired would otherwise all be scanned.
+_PRIORITIES_SQL = ", ".join(str(int(p)) for p in sorted(Priority))
+_DELIVERING = DeliveryStatus.DELIVERING.value
+
+
+@lru_cache(maxsize=16)
+def _claim_sql(db: Driver, excluding: bool) -> str:
+    # Columns in the order of Job's fields.
+    m = db.mark
+    return (
+        "SELECT d.id, d.event_id, e.id, e.url, e.origin, e.secret, e.rate_limit,"
+        " d.priority, d.attempts, v.body"
+        " FROM delivery AS d"
+        " JOIN endpoint AS e ON e.id = d.endpoint_id"
+        " JOIN event AS v ON v.account_id = d.account_id AND v.id = d.event_id"
+        f" WHERE {_OPEN_SQL} AND d.priority IN ({_PRIORITIES_SQL}) AND d.due_at <= {m}"
+        " AND e.enabled IS TRUE"
+        + (f" AND NOT (e.origin {db.in_list('text')})" if excluding else "")
+        + f" ORDER BY d.priority, d.due_at LIMIT {m}"
+        + (" FOR UPDATE OF d SKIP LOCKED" if db.postgresql else "")
+    )
+
+
+@lru_cache(maxsize=8)
+def _lease_sql(db: Driver) -> str:
+    m = db.mark
+    return (
+        f"UPDATE delivery SET status = '{_DELIVERING}', due_at = {m}, updated_at = {m}"
+        f" WHERE id {db.in_list('bigint')}"
+    )
+
+
+@lru_cache(maxsize=8)
+def _renew_sql(db: Driver) -> str:
+    return (
+        f"UPDATE delivery SET due_at = {db.mark}"
+        f" WHERE id {db.in_list('bigint')} AND status = '{_DELIVERING}'"
+    )
+
+
+@lru_cache(maxsize=8)
+def _record_sql(db: Driver) -> tuple[str, str]:
+    """INSERT of attempts, UPDATE of deliveries: per row (SQLite) or of arrays (PostgreSQL)."""
+    m = db.mark
+    if db.postgresql:
+        a = db.list_mark
+        return (
+            "INSERT INTO attempt (delivery_id, at, status_code, error, duration_ms)"
+            f" SELECT * FROM unnest({a}::bigint[], {a}::timestamptz[], {a}::integer[],"
+            f" {a}::text[], {a}::integer[])",
+            # ``leased`` is the status a row must still have, given as data: as a
+            # constant, and with statistics from before the claims, the planner
+            # takes no row to be delivering and scans them all for every id.
+            f"UPDATE delivery AS d SET status = u.status, attempts = u.attempts,"
+            f" due_at = coalesce(u.due_at, d.due_at), updated_at = {m}"
+            f" FROM unnest({a}::bigint[], {a}::text[], {a}::integer[], {a}::timestamptz[],"
+            f" {a}::text[]) AS u (id, status, attempts, due_at, leased)"
+            " WHERE d.id = u.id AND d.status = u.leased",
+        )
+    return (
+        "INSERT INTO attempt (delivery_id, at, status_code, error, duration_ms)"
+        f" VALUES ({m}, {m}, {m}, {m}, {m})",
+        f"UPDATE delivery SET status = {m}, attempts = {m}, due_at = coalesce({m}, due_at),"
+        f" updated_at = {m} WHERE id = {m} AND status = '{_DELIVERING}'",
+    )
 
 
 def claim(
@@ -158,59 +319,15 @@ def claim(
     ``room(origin)``, if given, is how many more an origin may take now: rows
     past it stay pending, so no host overshoots its share.
     """
-    from models.endpoints import Endpoint
-    from models.events import Event
-
     if limit <= 0:
         return []
-    query = (
-        select(
-            col(Delivery.id),
-            col(Delivery.event_id),
-            col(Endpoint.id),
-            col(Endpoint.url),
-            col(Endpoint.origin),
-            col(Endpoint.secret),
-            col(Endpoint.rate_limit),
-            col(Delivery.priority),
-            col(Delivery.attempts),
-            col(Event.body),
-        )
-        .join(Endpoint, col(Endpoint.id) == col(Delivery.endpoint_id))
-        .join(
-            Event,
-            (col(Event.account_id) == col(Delivery.account_id))
-            & (col(Event.id) == col(Delivery.event_id)),
-        )
-        .where(
-            col(Delivery.status).in_(list(OPEN)),
-            col(Delivery.due_at) <= now,
-            col(Endpoint.enabled).is_(True),
-        )
-        .order_by(col(Delivery.priority), col(Delivery.due_at))
-        .limit(limit)
-    )
+    connection, db = driver(session)
     excluded = list(exclude_origins)
+    params: tuple[Any, ...] = (db.time(now),)
     if excluded:
-        query = query.where(col(Endpoint.origin).not_in(excluded))
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(of=Delivery, skip_locked=True)
-    rows = session.execute(query).all()
-    jobs = [
-        Job(
-            delivery_id=r[0],
-            event_id=r[1],
-            endpoint_id=r[2],
-            url=r[3],
-            origin=r[4],
-            secret=r[5],
-            rate_limit=r[6],
-            priority=r[7],
-            attempts=r[8],
-            body=r[9].encode(),
-        )
-        for r in rows
-    ]
+        params += (db.values(excluded),)
+    rows = connection.exec_driver_sql(_claim_sql(db, bool(excluded)), (*params, limit))
+    jobs = [Job(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9].encode()) for r in rows]
     if room is not None:
         left: dict[str, int] = {}
         kept = []
@@ -221,68 +338,82 @@ def claim(
                 left[job.origin] -= 1
                 kept.append(job)
         jobs = kept
-    for ids in chunks([j.delivery_id for j in jobs]):
-        session.execute(
-            update(Delivery)
-            .where(col(Delivery.id).in_(ids))
-            .values(status=DeliveryStatus.DELIVERING, due_at=now + lease, updated_at=now)
-        )
+    if jobs:
+        ids = db.values([j.delivery_id for j in jobs])
+        connection.exec_driver_sql(_lease_sql(db), (db.time(now + lease), db.time(now), ids))
     session.commit()
     return jobs
 
 
 def renew(session: Session, delivery_ids: Sequence[int], *, until: datetime) -> None:
     """Extend the leases of deliveries the dispatcher still holds, and commit."""
-    for ids in chunks(delivery_ids):
-        session.execute(
-            update(Delivery)
-            .where(col(Delivery.id).in_(ids), col(Delivery.status) == DeliveryStatus.DELIVERING)
-            .values(due_at=until)
-        )
+    if delivery_ids:
+        connection, db = driver(session)
+        connection.exec_driver_sql(_renew_sql(db), (db.time(until), db.values(delivery_ids)))
     session.commit()
 
 
 def record(session: Session, results: Sequence[Result], *, now: datetime) -> None:
     """Write attempts and new statuses of a batch of results (no commit).
 
-    Only leased deliveries move: one cancelled meanwhile stays cancelled.
+    Only leased deliveries move: one cancelled meanwhile stays cancelled. Of two
+    results for one delivery, the first counts (it is no longer leased for the second).
     """
-    attempts = [
-        {
-            "delivery_id": r.job.delivery_id,
-            "at": r.at or now,
-            "status_code": r.status_code,
-            "error": (r.error or "")[:500] or None,
-            "duration_ms": r.duration_ms,
-        }
-        for r in results
-        if r.attempted
-    ]
-    if attempts:
-        session.execute(insert(ATTEMPT), attempts)
-    if results:
-        session.execute(
-            update(DELIVERY)
-            .where(
-                DELIVERY.c.id == bindparam("b_id"),
-                DELIVERY.c.status == DeliveryStatus.DELIVERING,
+    if not results:
+        return
+    connection, db = driver(session)
+    time = db.time
+    at = time(now)
+    attempted = [r for r in results if r.attempted]
+    insert_attempts, update_deliveries = _record_sql(db)
+    if db.postgresql:
+        # One statement each, over arrays. The UPDATE would apply an arbitrary one
+        # of the rows of a repeated id: keep the first, as row-by-row updates do.
+        moved = list({r.job.delivery_id: r for r in reversed(results)}.values())
+        if attempted:
+            connection.exec_driver_sql(
+                insert_attempts,
+                (
+                    [r.job.delivery_id for r in attempted],
+                    [at if r.at is None else time(r.at) for r in attempted],
+                    [r.status_code for r in attempted],
+                    [r.error[:500] if r.error else None for r in attempted],
+                    [r.duration_ms for r in attempted],
+                ),
             )
-            .values(
-                status=bindparam("b_status"),
-                attempts=bindparam("b_attempts"),
-                due_at=func.coalesce(bindparam("b_due", type_=UTCDateTime), DELIVERY.c.due_at),
-                updated_at=now,
+        connection.exec_driver_sql(
+            update_deliveries,
+            (
+                at,
+                [r.job.delivery_id for r in moved],
+                [str(r.status) for r in moved],
+                [r.job.attempts + r.attempted for r in moved],
+                [time(r.due_at) for r in moved],
+                [_DELIVERING] * len(moved),
             ),
+        )
+        return
+    if attempted:
+        connection.exec_driver_sql(
+            insert_attempts,
             [
-                {
-                    "b_id": r.job.delivery_id,
-                    "b_status": r.status,
-                    "b_attempts": r.job.attempts + (1 if r.attempted else 0),
-                    "b_due": r.due_at,
-                }
-                for r in results
+                (
+                    r.job.delivery_id,
+                    at if r.at is None else time(r.at),
+                    r.status_code,
+                    r.error[:500] if r.error else None,
+                    r.duration_ms,
+                )
+                for r in attempted
             ],
         )
+    connection.exec_driver_sql(
+        update_deliveries,
+        [
+            (str(r.status), r.job.attempts + r.attempted, time(r.due_at), at, r.job.delivery_id)
+            for r in results
+        ],
+    )
 
 
 def cancel_open(session: Session, endpoint_ids: Sequence[str], *, now: datetime) -> None:

@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic import Field as PydanticField
-from sqlalchemy import JSON, Index, func, update
+from sqlalchemy import JSON, Index, func
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from dispatcher.signing import new_secret
 from models.base import UTCDateTime, new_id, utcnow
-from models.deliveries import cancel_open
+from models.deliveries import cancel_open, driver
 from models.errors import InvalidInput, NotFound
 from models.event_types import EventType
 
@@ -249,39 +249,49 @@ def record_health(
 
     Returns the ids disabled now (no commit). An endpoint that both succeeded
     and failed in one batch counts as succeeding: it is not down.
+
+    Runs for every batch of results, so its statements go straight to the
+    driver (see :func:`models.deliveries.driver`), and write only rows that
+    change: a healthy endpoint's row is not rewritten by every success.
     """
     failed = failed - succeeded
+    if not (succeeded or failed or gone):
+        return []
+    connection, db = driver(session)
+    m, ids = db.mark, db.in_list("text")
     if succeeded:
-        session.execute(
-            update(ENDPOINT).where(ENDPOINT.c.id.in_(succeeded)).values(failing_since=None)
+        connection.exec_driver_sql(
+            f"UPDATE endpoint SET failing_since = NULL"
+            f" WHERE id {ids} AND failing_since IS NOT NULL",
+            (db.values(sorted(succeeded)),),
         )
     if failed:
-        session.execute(
-            update(ENDPOINT)
-            .where(ENDPOINT.c.id.in_(failed), ENDPOINT.c.failing_since.is_(None))
-            .values(failing_since=now)
+        connection.exec_driver_sql(
+            f"UPDATE endpoint SET failing_since = {m} WHERE id {ids} AND failing_since IS NULL",
+            (db.time(now), db.values(sorted(failed))),
         )
     disabled: list[str] = []
+    disable = (
+        f"UPDATE endpoint SET enabled = FALSE, disabled_reason = {m}, updated_at = {m}"
+        f" WHERE id {ids} AND enabled IS TRUE"
+    )
     reasons = [
-        (gone, ENDPOINT.c.id.in_(gone), "the endpoint answered 410 Gone"),
+        (gone, "", (), "the endpoint answered 410 Gone"),
         (
             failed,
-            ENDPOINT.c.id.in_(failed) & (ENDPOINT.c.failing_since <= now - disable_after),
+            f" AND failing_since <= {m}",
+            (db.time(now - disable_after),),
             f"no successful delivery for {disable_after} (since the first failure)",
         ),
     ]
-    for ids, condition, reason in reasons:
-        if not ids:
+    for endpoint_ids, condition, values, reason in reasons:
+        if not endpoint_ids:
             continue
-        hit = list(
-            session.execute(
-                update(ENDPOINT)
-                .where(condition, ENDPOINT.c.enabled.is_(True))
-                .values(enabled=False, disabled_reason=reason, updated_at=now)
-                .returning(ENDPOINT.c.id)
-            ).scalars()
+        hit = connection.exec_driver_sql(
+            disable + condition + " RETURNING id",
+            (reason, db.time(now), db.values(sorted(endpoint_ids)), *values),
         )
-        disabled.extend(hit)
+        disabled.extend(hit.scalars())
     if disabled:
         cancel_open(session, disabled, now=now)
     return disabled

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+import pickle
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, create_engine, update
 from sqlmodel import Session, col, select
 
 from dispatcher.scheduler import Capacity, Scheduler
 from models import accounts, deliveries, endpoints
-from models.base import utcnow
+from models.base import UTCDateTime, utcnow
 from models.deliveries import Attempt, Delivery, DeliveryStatus, Job, Result
 from models.endpoints import Endpoint, EndpointCreate, origin_of
 from models.event_types import EventType, Priority
@@ -251,6 +252,26 @@ def test_claim_does_not_mix_accounts_up(engine: Engine, account: str) -> None:
     assert json.loads(jobs[mine].body)["id"] == json.loads(jobs[theirs].body)["id"] == "evt-0"
 
 
+def test_the_claim_searches_the_open_index_by_priority_and_due_time(
+    engine: Engine, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL's plan depends on its statistics")
+    db = deliveries._driver("sqlite", "pysqlite", "qmark")
+    with engine.connect() as connection:
+        plan = [
+            row[3]
+            for row in connection.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + deliveries._claim_sql(db, excluding=True),
+                ("2026-01-01 00:00:00.000000", "[]", 10),
+            )
+        ]
+    # A range of the partial index per priority: neither the whole table nor
+    # every lease not yet expired, and no sort.
+    assert plan[0] == "SEARCH d USING INDEX ix_delivery_open (priority=? AND due_at<?)"
+    assert not any("TEMP B-TREE" in step for step in plan)
+
+
 # --- the scheduler's capacity ----------------------------------------------------------------
 
 
@@ -394,6 +415,54 @@ def test_renew_re_learns_what_is_in_flight_after_a_restart(engine: Engine, accou
     assert after.claim(later) == []
 
 
+def test_claiming_is_worth_it_only_when_work_may_be_waiting(engine: Engine, account: str) -> None:
+    make_endpoint(engine, account, "https://a.example/")
+    make_endpoint(engine, account, "https://b.example/")
+    make_events(engine, account, *["opened"] * 3)
+    s = scheduler(engine, max_in_flight=100, max_in_flight_per_host=100, claim_batch=100)
+    assert s.worth_claiming  # nothing is known yet
+    now = utcnow()
+    jobs = s.claim(now)
+    assert len(jobs) == 6
+    assert not s.worth_claiming  # everything due was taken
+    s.record([settle(jobs[0], now), fail(jobs[1], now)], now)
+    assert not s.worth_claiming  # freed room, but nothing waits for it
+    s.record([Result(jobs[2], DeliveryStatus.PENDING, now + DAY, attempted=False)], now)
+    assert not s.worth_claiming  # released until later
+    s.record([Result(jobs[3], DeliveryStatus.PENDING, now, status_code=500)], now)
+    assert s.worth_claiming  # an immediate retry
+    (retry,) = s.claim(now)
+    assert retry.delivery_id == jobs[3].delivery_id
+    assert not s.worth_claiming
+
+
+@pytest.mark.parametrize(
+    ("max_in_flight", "max_in_flight_per_host", "claim_batch"),
+    [(2, 100, 100), (100, 100, 2), (100, 2, 100)],
+    ids=["max in flight", "claim batch", "host cap"],
+)
+def test_a_claim_cut_short_by_capacity_leaves_claiming_worth_it(
+    engine: Engine, account: str, max_in_flight: int, max_in_flight_per_host: int, claim_batch: int
+) -> None:
+    make_endpoint(engine, account)
+    make_events(engine, account, *["opened"] * 3)
+    s = scheduler(
+        engine,
+        max_in_flight=max_in_flight,
+        max_in_flight_per_host=max_in_flight_per_host,
+        claim_batch=claim_batch,
+    )
+    now = utcnow()
+    first, _ = s.claim(now)
+    assert s.worth_claiming
+    s.record([settle(first, now)], now)
+    assert s.worth_claiming
+    assert len(s.claim(now)) == 1
+    if max_in_flight == 2:
+        assert s.claim(now) == []  # no room at all: still worth it once room is freed
+        assert s.worth_claiming
+
+
 # --- recording results -----------------------------------------------------------------------
 
 
@@ -514,6 +583,62 @@ def test_a_batch_of_results_is_recorded_together(engine: Engine, account: str) -
     stored = rows(engine)
     assert [stored[j.delivery_id].attempts for j in (a, b, c, d)] == [1, 1, 1, 0]
     assert Counter(len(attempts_of(engine, j.delivery_id)) for j in (a, b, c, d)) == {1: 3, 0: 1}
+
+
+def test_a_delivery_reported_twice_in_a_batch_moves_once(engine: Engine, account: str) -> None:
+    hook = make_endpoint(engine, account)
+    make_events(engine, account, "opened", "opened")
+    s = scheduler(engine)
+    now = utcnow()
+    a, b = s.claim(now)
+    # Held twice after a lease expired: the first result counts, both attempts are kept.
+    s.record([settle(a, now), fail(a, now), fail(b, now), settle(b, now)], now)
+    stored = rows(engine)
+    assert (stored[a.delivery_id].status, stored[a.delivery_id].attempts) == (
+        DeliveryStatus.SUCCEEDED,
+        1,
+    )
+    assert (stored[b.delivery_id].status, stored[b.delivery_id].attempts) == (
+        DeliveryStatus.PENDING,
+        1,
+    )
+    assert stored[b.delivery_id].due_at == now + DAY
+    assert len(attempts_of(engine, a.delivery_id)) == len(attempts_of(engine, b.delivery_id)) == 2
+    assert endpoint_row(engine, hook).failing_since is None
+
+
+def test_times_in_any_zone_are_stored_as_the_same_instants(engine: Engine, account: str) -> None:
+    make_endpoint(engine, account)
+    make_events(engine, account, "opened")
+    paris = timezone(timedelta(hours=2))
+    now = utcnow().astimezone(paris)
+    (job,) = claim(engine, now)
+    assert rows(engine)[job.delivery_id].due_at == now + LEASE
+    at, retry_at = now + timedelta(seconds=1), now + timedelta(minutes=5)
+    with Session(engine) as session:
+        deliveries.record(
+            session,
+            [Result(job, DeliveryStatus.PENDING, retry_at, at=at, status_code=503)],
+            now=now,
+        )
+        session.commit()
+    row = rows(engine)[job.delivery_id]
+    assert (row.due_at, row.updated_at) == (retry_at, now)
+    assert row.due_at.utcoffset() == timedelta(0)
+    assert [a.at for a in attempts_of(engine, job.delivery_id)] == [at]
+    assert claim(engine, retry_at - timedelta(microseconds=1)) == []
+    assert len(claim(engine, retry_at)) == 1
+
+
+def test_a_naive_time_is_refused(engine: Engine, account: str) -> None:
+    make_endpoint(engine, account)
+    make_events(engine, account, "opened")
+    now = utcnow()
+    (job,) = claim(engine, now)
+    naive = now.replace(tzinfo=None)
+    with Session(engine) as session, pytest.raises(ValueError, match="aware"):
+        deliveries.record(session, [settle(job, naive)], now=now)
+    assert rows(engine)[job.delivery_id].status == DeliveryStatus.DELIVERING
 
 
 # --- endpoint health -------------------------------------------------------------------------
@@ -649,3 +774,53 @@ def test_endpoints_on_one_origin_share_it(engine: Engine, account: str) -> None:
         == endpoint_row(engine, b).origin
         == "https://hooks.example:443"
     )
+
+
+# --- plumbing of the hot path ----------------------------------------------------------------
+
+
+def test_jobs_and_results_survive_pickling() -> None:
+    job = Job(
+        7,
+        "evt-1",
+        "ep-1",
+        "https://a.example/",
+        "https://a.example:443",
+        "whsec_x",
+        2.5,
+        0,
+        3,
+        b"{}",
+    )
+    result = Result(
+        job,
+        DeliveryStatus.PENDING,
+        utcnow(),
+        attempted=False,
+        at=utcnow(),
+        status_code=503,
+        error="busy",
+        duration_ms=12,
+        gone=True,
+    )
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        assert pickle.loads(pickle.dumps(job, protocol)) == job
+        assert pickle.loads(pickle.dumps(result, protocol)) == result
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC),
+        datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC),  # no microseconds: still written out
+        datetime(2026, 3, 4, 1, 2, 3, 4, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+    ],
+)
+def test_times_are_bound_as_sqlalchemy_binds_them(value: datetime) -> None:
+    for url in ["sqlite://", "postgresql+psycopg://"]:
+        dialect = create_engine(url).dialect  # no connection: only the dialect
+        bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+        assert bind is not None
+        db = deliveries._driver(dialect.name, dialect.driver, dialect.paramstyle)
+        assert db.time(value) == bind(value)
