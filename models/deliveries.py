@@ -128,8 +128,6 @@ class Result:
     ``status`` is the delivery's new status; ``due_at`` is set when it is
     ``pending`` again. ``attempted`` is False when the job was only released
     (a parked lane, a forgotten endpoint): no attempt is recorded or counted.
-    ``parked`` says the release was the host's breaker opening: ``due_at`` is
-    then when it half-opens.
     """
 
     job: Job
@@ -141,7 +139,6 @@ class Result:
     error: str | None = None
     duration_ms: int = 0
     gone: bool = False
-    parked: bool = False
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
