@@ -43,6 +43,8 @@ class Scheduler:
         self.disable_after = disable_after
         self._origin_of: dict[int, str] = {}
         self._per_origin: Counter[str] = Counter()
+        self._expires: dict[int, datetime] = {}
+        self._next_sweep: datetime | None = None
         self._worth_claiming = True
 
     @property
@@ -64,6 +66,7 @@ class Scheduler:
 
     def claim(self, now: datetime) -> list[Job]:
         """Lease the next due deliveries that fit, high priority first."""
+        self._forget_expired(now)
         free = self.capacity.max_in_flight - self.in_flight
         limit = min(free, self.capacity.claim_batch)
         if limit <= 0:
@@ -80,7 +83,7 @@ class Scheduler:
                 exclude_origins=full,
                 room=lambda origin: cap - self._per_origin[origin],
             )
-        self._track((job.delivery_id, job.origin) for job in jobs)
+        self._track(((job.delivery_id, job.origin) for job in jobs), now + self.capacity.lease)
         self._worth_claiming = len(jobs) >= limit or any(
             n >= cap for n in self._per_origin.values()
         )
@@ -112,11 +115,7 @@ class Scheduler:
             )
             session.commit()
         for result in results:
-            origin = self._origin_of.pop(result.job.delivery_id, None)
-            if origin is not None:
-                self._per_origin[origin] -= 1
-                if not self._per_origin[origin]:
-                    del self._per_origin[origin]
+            self._untrack(result.job.delivery_id)
         return disabled
 
     def renew(self, held: Sequence[tuple[int, str]], now: datetime) -> None:
@@ -125,12 +124,34 @@ class Scheduler:
         Also re-learns them: after a restart of the scheduler, the workers'
         reports rebuild its count of what is in flight.
         """
-        self._track(held)
+        self._track(held, now + self.capacity.lease)
         with Session(self.engine) as session:
             deliveries.renew(session, [i for i, _ in held], until=now + self.capacity.lease)
 
-    def _track(self, items: Iterable[tuple[int, str]]) -> None:
+    def _track(self, items: Iterable[tuple[int, str]], until: datetime) -> None:
         for delivery_id, origin in items:
             if delivery_id not in self._origin_of:
                 self._origin_of[delivery_id] = origin
                 self._per_origin[origin] += 1
+            self._expires[delivery_id] = until
+
+    def _untrack(self, delivery_id: int) -> None:
+        origin = self._origin_of.pop(delivery_id, None)
+        self._expires.pop(delivery_id, None)
+        if origin is not None:
+            self._per_origin[origin] -= 1
+            if not self._per_origin[origin]:
+                del self._per_origin[origin]
+
+    def _forget_expired(self, now: datetime) -> None:
+        """Stop counting deliveries whose lease ran out unrenewed (every ``lease / 3`` at most).
+
+        Their worker died, or their endpoint went away before the result came
+        back: the database offers them again (or has cancelled them), so they
+        no longer hold a slot of their host or of the dispatcher.
+        """
+        if self._next_sweep is not None and now < self._next_sweep:
+            return
+        self._next_sweep = now + self.capacity.lease / 3
+        for delivery_id in [i for i, until in self._expires.items() if until <= now]:
+            self._untrack(delivery_id)

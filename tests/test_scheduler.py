@@ -403,16 +403,43 @@ def test_renew_re_learns_what_is_in_flight_after_a_restart(engine: Engine, accou
     # A new scheduler (after a restart) is told what a worker still holds.
     after = scheduler(engine, max_in_flight=3, max_in_flight_per_host=2, claim_batch=100)
     held = [(j.delivery_id, j.origin) for j in on_a]
-    after.renew(held, now)
-    after.renew(held, now)  # reported again: counted once
+    renewed_at = now + timedelta(seconds=10)
+    after.renew(held, renewed_at)
+    after.renew(held, renewed_at)  # reported again: counted once
     assert after.in_flight == 2
-    # Every lease has expired, a.example's first; but a.example is at its cap,
-    # and only one slot is left in all.
+    # b.example's leases have expired, a.example's renewed ones not; only one
+    # slot is left in all.
     later = now + timedelta(seconds=5) + LEASE
     reclaimed = after.claim(later)
     assert [j.origin for j in reclaimed] == ["https://b.example:443"]
     assert after.in_flight == 3
     assert after.claim(later) == []
+
+
+def test_a_lease_nobody_renews_stops_holding_a_slot_when_it_expires(
+    engine: Engine, account: str
+) -> None:
+    endpoint_id = make_endpoint(engine, account, "https://a.example/")
+    make_events(engine, account, "opened", "opened", "opened")
+    s = scheduler(engine, max_in_flight=2, max_in_flight_per_host=2, claim_batch=10)
+    now = utcnow()
+    held = s.claim(now)  # their worker dies: no result and no renewal will come
+    assert (len(held), s.in_flight) == (2, 2)
+    assert s.claim(now + LEASE / 2) == []  # still leased, still counted
+
+    back = s.claim(now + LEASE)  # expired: offered again, and counted once
+    assert len(back) == 2
+    assert s.in_flight == 2
+
+    # The endpoint is deleted while they are out: they are cancelled, never
+    # reported, and their slots come back when the leases run out.
+    with Session(engine) as session:
+        deliveries.cancel_open(session, [endpoint_id], now=now + LEASE)
+        session.commit()
+    assert s.claim(now + LEASE + LEASE / 2) == []
+    assert s.in_flight == 2
+    assert s.claim(now + 2 * LEASE) == []
+    assert s.in_flight == 0
 
 
 def test_claiming_is_worth_it_only_when_work_may_be_waiting(engine: Engine, account: str) -> None:
