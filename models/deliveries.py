@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlmodel import Field, Session, SQLModel, col
 
 from models.base import UTCDateTime, utcnow
+from models.db import PLACEHOLDERS
 from models.event_types import Priority
 
 # SQLite autoincrements only INTEGER PRIMARY KEY; elsewhere rows may outnumber 2**31.
@@ -102,7 +103,6 @@ class Attempt(SQLModel, table=True):
 
 # Core tables, for executemany statements that bypass the ORM's unit of work.
 DELIVERY = Delivery.__table__  # type: ignore[attr-defined]
-ATTEMPT = Attempt.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,9 +207,6 @@ class Driver:
         return value.isoformat(" ", "microseconds")[:26]
 
 
-_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
-
-
 def driver(session: Session) -> tuple[Connection, Driver]:
     """The session's connection (in its transaction) and how to talk to its driver."""
     connection = session.connection()
@@ -219,9 +216,9 @@ def driver(session: Session) -> tuple[Connection, Driver]:
 
 @lru_cache(maxsize=8)
 def _driver(name: str, driver: str, paramstyle: str) -> Driver:
-    if name not in ("sqlite", "postgresql") or paramstyle not in _MARKS:
+    if name not in ("sqlite", "postgresql") or paramstyle not in PLACEHOLDERS:
         raise NotImplementedError(f"the dispatcher supports SQLite and PostgreSQL, not {name}")
-    mark = _MARKS[paramstyle]
+    mark = PLACEHOLDERS[paramstyle]
     return Driver(
         postgresql=name == "postgresql",
         mark=mark,

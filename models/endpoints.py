@@ -142,9 +142,6 @@ class Endpoint(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-ENDPOINT = Endpoint.__table__  # type: ignore[attr-defined]
-
-
 def origin_of(url: str) -> str:
     """``scheme://host:port`` of ``url``, lower-cased, with the port always explicit."""
     parts = urlsplit(url)

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col
 
 from models.base import UTCDateTime, new_id, utcnow
+from models.db import PLACEHOLDERS
 from models.deliveries import DELIVERY, Attempt, Delivery, DeliveryStatus
 from models.endpoints import Endpoint
 from models.errors import NotFound
@@ -161,8 +162,6 @@ _DELIVERY_COLUMNS = (
     "due_at", "created_at", "updated_at",
 )  # fmt: skip
 _PRIORITY = {t.value: int(t.priority) for t in EventType}
-# The placeholder of each DBAPI parameter style that takes values in a tuple.
-_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 _PENDING = DeliveryStatus.PENDING.value
 
 
@@ -262,7 +261,7 @@ def _known_ids(session: Session, account_id: str, ids: list[str]) -> set[str]:
     bound values cost 3.5 us per id, the query itself 0.5.
     """
     connection = session.connection()
-    marker = _PLACEHOLDERS.get(connection.dialect.paramstyle)
+    marker = PLACEHOLDERS.get(connection.dialect.paramstyle)
     if marker is None or not ids:  # another driver, or nothing to look for
         query = select(EVENT.c.id).where(EVENT.c.account_id == account_id, EVENT.c.id.in_(ids))
         return set(connection.execute(query).scalars())
@@ -308,7 +307,7 @@ def _insert_sql(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tup
     Placeholders for tuples where the driver takes them (SQLite, psycopg):
     psycopg matches names to values for every row of a dict.
     """
-    marker = _PLACEHOLDERS.get(dialect.paramstyle)
+    marker = PLACEHOLDERS.get(dialect.paramstyle)
     if marker is not None:
         quote = dialect.identifier_preparer.quote
         names = ", ".join(quote(c) for c in columns)
