@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
@@ -100,8 +101,20 @@ def serve(
             print(plain, flush=True)
     if settings.dev:
         err.print("[yellow]Development mode: http:// URLs and loopback destinations allowed.[/]")
+    # Listen before Ray starts: a port in use fails at once, and none of the
+    # ports Ray opens for its own processes can be the one asked for.
+    try:
+        listening = socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
+        )
+    except OSError as exc:
+        err.print(f"[red]Cannot listen on {host}:{port}: {exc.strerror}[/]")
+        raise typer.Exit(1) from None
     dispatcher = _dispatcher(settings, start=not no_dispatcher, detached=False)
-    uvicorn.run(create_app(settings, engine, dispatcher), host=host, port=port, log_level="info")
+    config = uvicorn.Config(
+        create_app(settings, engine, dispatcher), host=host, port=port, log_level="info"
+    )
+    uvicorn.Server(config).run(sockets=[listening])
 
 
 app.command()(listen)

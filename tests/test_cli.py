@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -66,3 +68,14 @@ def test_revoking_an_unknown_prefix_fails(database_url: str) -> None:
 def test_db_upgrade_is_idempotent(database_url: str) -> None:
     assert "up to date" in run(database_url, "db", "upgrade")
     assert "up to date" in run(database_url, "db", "upgrade")
+
+
+def test_serve_on_a_port_in_use_fails_at_once_without_starting_ray(database_url: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = runner.invoke(
+            app, ["--database-url", database_url, "serve", "--dev", "--port", str(port)]
+        )
+    assert result.exit_code == 1, result.output
+    assert f"Cannot listen on 127.0.0.1:{port}" in result.output
+    assert "Starting the dispatcher" not in result.output
