@@ -88,21 +88,8 @@ def serve(
 
     from api.app import create_app
 
-    settings = _with(_settings(ctx), dev=dev or None, ray_address=ray_address)
-    engine = make_engine(settings.database_url)
-    migrate.upgrade(engine)
-    with Session(engine) as session:
-        if not accounts.any_key_exists(session):
-            _, plain = accounts.create_key(session, "default")
-            err.print(
-                "No API key existed: created one for account [bold]default[/]. "
-                "It is shown only this once:"
-            )
-            print(plain, flush=True)
-    if settings.dev:
-        err.print("[yellow]Development mode: http:// URLs and loopback destinations allowed.[/]")
-    # Listen before Ray starts: a port in use fails at once, and none of the
-    # ports Ray opens for its own processes can be the one asked for.
+    # Listen first: a port in use fails at once, and none of the ports Ray
+    # opens for its own processes can be the one asked for.
     try:
         listening = socket.create_server(
             (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -110,11 +97,27 @@ def serve(
     except OSError as exc:
         err.print(f"[red]Cannot listen on {host}:{port}: {exc.strerror}[/]")
         raise typer.Exit(1) from None
-    dispatcher = _dispatcher(settings, start=not no_dispatcher, detached=False)
-    config = uvicorn.Config(
-        create_app(settings, engine, dispatcher), host=host, port=port, log_level="info"
-    )
-    uvicorn.Server(config).run(sockets=[listening])
+    with listening:
+        settings = _with(_settings(ctx), dev=dev or None, ray_address=ray_address)
+        engine = make_engine(settings.database_url)
+        migrate.upgrade(engine)
+        with Session(engine) as session:
+            if not accounts.any_key_exists(session):
+                _, plain = accounts.create_key(session, "default")
+                err.print(
+                    "No API key existed: created one for account [bold]default[/]. "
+                    "It is shown only this once:"
+                )
+                print(plain, flush=True)
+        if settings.dev:
+            err.print(
+                "[yellow]Development mode: http:// URLs and loopback destinations allowed.[/]"
+            )
+        dispatcher = _dispatcher(settings, start=not no_dispatcher, detached=False)
+        config = uvicorn.Config(
+            create_app(settings, engine, dispatcher), host=host, port=port, log_level="info"
+        )
+        uvicorn.Server(config).run(sockets=[listening])
 
 
 app.command()(listen)
