@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -45,6 +45,11 @@ from sqlalchemy.engine import make_url
 from benchmarks import load
 from benchmarks.load import Host
 from benchmarks.service import Sampler, Service, process_cpu
+from dispatcher.lane import LanePolicy
+from dispatcher.signing import new_secret
+from dispatcher.transport import AddressPolicy, AiohttpTransport
+from dispatcher.worker import DeliveryWorker, WorkerPolicy
+from models.deliveries import Job, Result
 
 RESULTS = Path(__file__).parent / "results"
 stderr = Console(stderr=True)
@@ -78,9 +83,28 @@ def common_options(description: str) -> argparse.ArgumentParser:
         "--results-dir", type=Path, default=RESULTS, help="where to write <name>.json"
     )
     parser.add_argument(
-        "--timeout", type=float, default=90.0, help="seconds to wait for deliveries"
+        "--timeout",
+        dest="within",
+        metavar="SECONDS",
+        type=float,
+        default=90.0,
+        help="seconds to wait for deliveries",
     )
     return parser
+
+
+def bench_main(
+    name: str,
+    parser: argparse.ArgumentParser,
+    run: Callable[..., Coroutine[Any, Any, dict[str, Any]]],
+) -> None:
+    """Parse the options, run ``run`` with them as keywords, write and print the result.
+
+    Every option's ``dest`` is the name of one of ``run``'s keyword arguments.
+    """
+    options = vars(parser.parse_args())
+    results_dir = options.pop("results_dir")
+    write_result(name, run_main(run(**options)), results_dir)
 
 
 def code_version() -> dict[str, Any]:
@@ -542,12 +566,6 @@ async def worker_limit(
     here, whatever the database and Ray cost. Also reports this process's CPU
     per request, for it and for the plain client (``raw_cpu_ms``).
     """
-    from dispatcher.lane import LanePolicy
-    from dispatcher.signing import new_secret
-    from dispatcher.transport import AddressPolicy, AiohttpTransport
-    from dispatcher.worker import DeliveryWorker, WorkerPolicy
-    from models.deliveries import Job, Result
-
     secret = new_secret()
     jobs = [
         Job(

@@ -26,11 +26,10 @@ from benchmarks.harness import (
     Arrivals,
     Bench,
     CpuWindow,
+    bench_main,
     common_options,
     machine,
     progress,
-    run_main,
-    write_result,
 )
 from benchmarks.load import Host
 
@@ -169,23 +168,7 @@ def main() -> None:
     parser.add_argument(
         "--ingest-rate", type=float, default=None, help="events posted per s (default: flat out)"
     )
-    args = parser.parse_args()
-    result = run_main(
-        run(
-            events=args.events,
-            hosts=args.hosts,
-            database_url=args.database_url,
-            create_database=args.create_database,
-            batch=args.batch,
-            post_concurrency=args.post_concurrency,
-            within=args.timeout,
-            host_rate_limit=args.host_rate_limit,
-            attempt_timeout=args.attempt_timeout,
-            hang=args.hang,
-            ingest_rate=args.ingest_rate,
-        )
-    )
-    write_result("isolation", result, args.results_dir)
+    bench_main("isolation", parser, run)
 
 
 if __name__ == "__main__":

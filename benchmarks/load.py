@@ -209,32 +209,28 @@ def reader(database_url: str) -> Engine:
     return make_engine(database_url)
 
 
-def _server(database_url: str) -> tuple[Engine, str]:
+def _on_server(database_url: str, statement: str) -> None:
+    """Run ``statement`` on the server of ``database_url`` (``{name}``: its database)."""
     url = make_url(database_url)
     if url.get_backend_name() != "postgresql" or not url.database:
         raise ValueError("--create-database needs a postgresql URL with a database name")
     admin = url.set(database="postgres").render_as_string(hide_password=False)
-    return create_engine(admin, isolation_level="AUTOCOMMIT"), url.database
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(statement.format(name=url.database)))
+    finally:
+        engine.dispose()
 
 
 def create_database(database_url: str) -> None:
     """Create the (PostgreSQL) database ``database_url`` names; it must not exist yet."""
-    engine, name = _server(database_url)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
+    _on_server(database_url, 'CREATE DATABASE "{name}"')
 
 
 def drop_database(database_url: str) -> None:
     """Drop the (PostgreSQL) database ``database_url`` names, connections and all."""
-    engine, name = _server(database_url)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
+    _on_server(database_url, 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _by_endpoint(status: str, endpoint_ids: Sequence[str]) -> Any:

@@ -22,11 +22,10 @@ from benchmarks.harness import (
     Arrivals,
     Bench,
     Outcome,
+    bench_main,
     common_options,
     machine,
     progress,
-    run_main,
-    write_result,
 )
 
 
@@ -98,22 +97,8 @@ def main() -> None:
     parser.add_argument("--high", type=int, default=1_000, help="high-priority events after them")
     parser.add_argument("--hosts", type=int, default=5, help="hosts in the slow-ish group")
     parser.add_argument("--rate-limit", type=float, default=100.0, help="per endpoint, per s")
-    parser.set_defaults(timeout=100.0)
-    args = parser.parse_args()
-    result = run_main(
-        run(
-            events=args.events,
-            high=args.high,
-            hosts=args.hosts,
-            rate_limit=args.rate_limit,
-            database_url=args.database_url,
-            create_database=args.create_database,
-            batch=args.batch,
-            post_concurrency=args.post_concurrency,
-            within=args.timeout,
-        )
-    )
-    write_result("priority", result, args.results_dir)
+    parser.set_defaults(within=100.0)
+    bench_main("priority", parser, run)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,10 @@ from benchmarks.harness import (
     Arrivals,
     Bench,
     Key,
+    bench_main,
     common_options,
     machine,
     progress,
-    run_main,
-    write_result,
 )
 
 
@@ -126,21 +125,7 @@ def main() -> None:
     parser.add_argument("--ingest-rate", type=float, default=1000.0, help="events posted per s")
     parser.add_argument("--lease-seconds", type=float, default=5.0, help="the service's lease")
     parser.set_defaults(batch=100, post_concurrency=2)
-    args = parser.parse_args()
-    result = run_main(
-        run(
-            events=args.events,
-            hosts=args.hosts,
-            database_url=args.database_url,
-            create_database=args.create_database,
-            batch=args.batch,
-            post_concurrency=args.post_concurrency,
-            within=args.timeout,
-            ingest_rate=args.ingest_rate,
-            lease_seconds=args.lease_seconds,
-        )
-    )
-    write_result("recovery", result, args.results_dir)
+    bench_main("recovery", parser, run)
 
 
 if __name__ == "__main__":

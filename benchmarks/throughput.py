@@ -26,13 +26,12 @@ from benchmarks.harness import (
     Arrivals,
     Bench,
     CpuWindow,
+    bench_main,
     common_options,
     machine,
     progress,
     raw_limit,
-    run_main,
     worker_limit,
-    write_result,
 )
 
 
@@ -137,23 +136,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy the service into this directory"
     )
-    args = parser.parse_args()
-    result = run_main(
-        run(
-            events=args.events,
-            hosts=args.hosts,
-            database_url=args.database_url,
-            create_database=args.create_database,
-            batch=args.batch,
-            post_concurrency=args.post_concurrency,
-            within=args.timeout,
-            host_rate_limit=args.host_rate_limit,
-            host_concurrency=args.host_concurrency,
-            raw_requests=args.raw_requests,
-            profile=args.profile,
-        )
-    )
-    write_result("throughput", result, args.results_dir)
+    bench_main("throughput", parser, run)
 
 
 if __name__ == "__main__":

@@ -41,16 +41,16 @@ class Scheduler:
         self.engine = engine
         self.capacity = capacity
         self.disable_after = disable_after
-        self._origin_of: dict[int, str] = {}
+        self._held: dict[int, tuple[str, datetime]] = {}
+        """Each delivery out of the database: its origin and when its lease expires."""
         self._per_origin: Counter[str] = Counter()
-        self._expires: dict[int, datetime] = {}
         self._next_sweep: datetime | None = None
         self._worth_claiming = True
 
     @property
     def in_flight(self) -> int:
         """Deliveries out of the database, as far as this scheduler knows."""
-        return len(self._origin_of)
+        return len(self._held)
 
     @property
     def worth_claiming(self) -> bool:
@@ -130,15 +130,14 @@ class Scheduler:
 
     def _track(self, items: Iterable[tuple[int, str]], until: datetime) -> None:
         for delivery_id, origin in items:
-            if delivery_id not in self._origin_of:
-                self._origin_of[delivery_id] = origin
+            if delivery_id not in self._held:
                 self._per_origin[origin] += 1
-            self._expires[delivery_id] = until
+            self._held[delivery_id] = (origin, until)
 
     def _untrack(self, delivery_id: int) -> None:
-        origin = self._origin_of.pop(delivery_id, None)
-        self._expires.pop(delivery_id, None)
-        if origin is not None:
+        held = self._held.pop(delivery_id, None)
+        if held is not None:
+            origin = held[0]
             self._per_origin[origin] -= 1
             if not self._per_origin[origin]:
                 del self._per_origin[origin]
@@ -153,5 +152,5 @@ class Scheduler:
         if self._next_sweep is not None and now < self._next_sweep:
             return
         self._next_sweep = now + self.capacity.lease / 3
-        for delivery_id in [i for i, until in self._expires.items() if until <= now]:
+        for delivery_id in [i for i, (_, until) in self._held.items() if until <= now]:
             self._untrack(delivery_id)
