@@ -47,7 +47,7 @@ from benchmarks.load import Host
 from benchmarks.service import Sampler, Service, process_cpu
 from dispatcher.lane import LanePolicy
 from dispatcher.signing import new_secret
-from dispatcher.transport import AddressPolicy, AiohttpTransport
+from dispatcher.transport import AddressPolicy, HttpTransport
 from dispatcher.worker import DeliveryWorker, WorkerPolicy
 from models.deliveries import Job, Result
 
@@ -559,7 +559,7 @@ async def worker_limit(
 ) -> dict[str, float]:
     """The same POSTs through the delivery actor's own code, without Ray or a database.
 
-    One ``DeliveryWorker`` with the real ``AiohttpTransport`` in this process:
+    One ``DeliveryWorker`` with the real ``HttpTransport`` in this process:
     lanes (one per receiver port, ``host_concurrency`` attempts each), signing,
     outcomes and results, all as in a delivery actor; results go nowhere. What
     it reaches is the most any dispatcher built on this worker can deliver
@@ -596,7 +596,7 @@ async def worker_limit(
             if reported >= len(jobs):
                 finished.set()
 
-        transport = AiohttpTransport(AddressPolicy(allow_private=True), user_agent="bench")
+        transport = HttpTransport(AddressPolicy(allow_private=True), user_agent="bench")
         worker = DeliveryWorker(transport, sink, policy)
         started, cpu = time.monotonic(), time.process_time()
         worker.submit(jobs)

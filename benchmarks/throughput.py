@@ -9,7 +9,7 @@ over the hosts (one account and endpoint per host) and posted in batches while
 deliveries flow. Afterwards, with the service idle, one plain aiohttp client
 posts the same bodies to the same receivers at a few concurrencies: the best
 rate is ``raw_limit_per_s``. Then the delivery actor's own code
-(``DeliveryWorker`` + ``AiohttpTransport``, signing and lanes included) posts
+(``DeliveryWorker`` + ``HttpTransport``, signing and lanes included) posts
 them again in this process, without Ray or a database: ``worker_limit_per_s``,
 the most any dispatcher built on that worker could deliver here.
 """

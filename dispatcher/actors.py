@@ -25,7 +25,7 @@ import ray
 
 from dispatcher.scheduler import Scheduler
 from dispatcher.settings import USER_AGENT, Settings
-from dispatcher.transport import AiohttpTransport
+from dispatcher.transport import HttpTransport
 from dispatcher.worker import DeliveryWorker
 from models.base import utcnow
 from models.db import make_engine
@@ -182,7 +182,7 @@ class DeliveryActor:
     def __init__(self, settings: Settings, scheduler_name: str, namespace: str) -> None:
         self.settings = settings
         self.scheduler = _Lookup(scheduler_name, namespace)
-        transport = AiohttpTransport(
+        transport = HttpTransport(
             settings.address_policy(), ca_bundle=settings.ca_bundle, user_agent=USER_AGENT
         )
         self.worker = DeliveryWorker(transport, self._report, settings.worker_policy())

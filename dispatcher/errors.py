@@ -1,6 +1,6 @@
 """The dispatcher's one error tree.
 
-Foreign errors (aiohttp, asyncio, ssl, OSError) are turned into these in one
+Foreign errors (asyncio, ssl, OSError, the HTTP parser's) are turned into these in one
 place, the transport, so delivery logic only ever catches ours::
 
     DispatchError

@@ -101,7 +101,7 @@ def _transport_reason(error: Exception) -> str:
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
-    # aiohttp hands us a case-insensitive mapping, tests and other callers may not.
+    # The transport lower-cases keys; tests and other callers may not.
     return next((value for key, value in headers.items() if key.lower() == name), None)
 
 

@@ -1,9 +1,10 @@
 """The outgoing HTTP layer: one POST per attempt, behind a small seam.
 
-Owns the ``Transport`` protocol that delivery logic calls, its aiohttp
-implementation with the SSRF guard (``AddressPolicy``, checked on the very
-addresses aiohttp connects to), a ``MockTransport`` for tests, and the one
-place where aiohttp/asyncio/ssl/OSError exceptions become ``dispatcher.errors``.
+Owns the ``Transport`` protocol that delivery logic calls, its real
+implementation over ``dispatcher.http1`` with the SSRF guard
+(``AddressPolicy``, checked on the very addresses connected to), a
+``MockTransport`` for tests, and the one place where asyncio/ssl/OSError and
+parser exceptions become ``dispatcher.errors``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Protocol
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+import httptools
 from yarl import URL
 
 from dispatcher.errors import (
@@ -28,15 +27,17 @@ from dispatcher.errors import (
     DestinationRefused,
     DispatchError,
     TLSError,
-    TransportError,
 )
+from dispatcher.http1 import Answer, Connection, Origin, Pool
 
 __all__ = [
     "AddressPolicy",
-    "AiohttpTransport",
+    "HttpTransport",
     "MockTransport",
     "Request",
+    "Resolver",
     "Response",
+    "SystemResolver",
     "Transport",
     "parse_networks",
 ]
@@ -144,44 +145,44 @@ def _refusal_reason(ip: IPv4Address | IPv6Address) -> str | None:
     return next((reason for refused, reason in checks if refused), None)
 
 
-class _PolicyResolver(AbstractResolver):
-    """Resolves with ``inner``, then drops the addresses the policy refuses.
+class Resolver(Protocol):
+    """Looks a host name up; the transport checks what it returns against its policy."""
 
-    aiohttp connects only to what this returns, so the address checked is the
-    address used: no second lookup for a rebinding DNS server to answer.
-    """
-
-    def __init__(self, policy: AddressPolicy, inner: AbstractResolver) -> None:
-        self._policy = policy
-        self._inner = inner
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        kept: list[ResolveResult] = []
-        refusals: list[str] = []
-        for result in results:
-            try:
-                self._policy.check(ip_address(result["host"]))
-            except (DestinationRefused, ValueError) as exc:
-                refusals.append(str(exc))
-            else:
-                kept.append(result)
-        if results and not kept:
-            raise DestinationRefused(f"{host}: {'; '.join(refusals)}")
-        return kept
-
-    async def close(self) -> None:
-        await self._inner.close()
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """The host's IP addresses, as text."""
+        ...
 
 
-class AiohttpTransport:
-    """The real transport: aiohttp with a pinned, policy-checked resolver.
+class SystemResolver:
+    """The operating system's resolver (``getaddrinfo``, in asyncio's thread pool)."""
 
-    One ``ClientSession`` is created lazily inside the running loop on the
-    first ``send``. ``resolver`` replaces aiohttp's default resolver as the one
-    asked before the policy (the transport then owns and closes it).
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """Every distinct address ``getaddrinfo`` gives for a TCP connection."""
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A checked endpoint URL, ready to be connected to and written."""
+
+    origin: Origin
+    host: str
+    """What to resolve, or the address itself when ``literal``; also the TLS server name."""
+    literal: bool
+    start: str
+    """The request line and the Host header."""
+
+
+class HttpTransport:
+    """The real transport: keep-alive HTTP/1.1 (``dispatcher.http1``) behind the SSRF guard.
+
+    Host names are resolved with ``resolver`` (the system's by default), the
+    answers are checked against ``policy``, and connections are made only to
+    the addresses it allows: the address checked is the address used, with no
+    second lookup for a rebinding DNS server to answer. Checked answers are
+    kept ``dns_ttl`` seconds. At most ``limit`` attempts run at once; a
+    connection idle for ``keepalive`` seconds is closed.
     """
 
     def __init__(
@@ -189,132 +190,147 @@ class AiohttpTransport:
         policy: AddressPolicy,
         *,
         ca_bundle: str | None = None,
-        limit_per_host: int = 0,
         limit: int = 1000,
         user_agent: str,
-        resolver: AbstractResolver | None = None,
+        resolver: Resolver | None = None,
+        dns_ttl: float = 10.0,
+        keepalive: float = 15.0,
     ) -> None:
         self._policy = policy
         self._ssl = ssl.create_default_context()
         if ca_bundle is not None:
             self._ssl.load_verify_locations(cafile=ca_bundle)
-        self._limit = limit
-        self._limit_per_host = limit_per_host
-        self._user_agent = user_agent
-        self._inner_resolver = resolver
-        self._session: aiohttp.ClientSession | None = None
-        self._resolver: _PolicyResolver | None = None
+        self._slots = asyncio.Semaphore(limit)
+        self._agent = f"User-Agent: {user_agent}\r\n"
+        self._resolver = resolver or SystemResolver()
+        self._dns_ttl = dns_ttl
+        self._pool = Pool(keepalive=keepalive, max_idle=limit)
         # An endpoint is attempted many times: parse and check its URL once.
-        self._urls: dict[str, URL] = {}
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
-
-    def _open(self) -> aiohttp.ClientSession:
-        self._resolver = _PolicyResolver(self._policy, self._inner_resolver or DefaultResolver())
-        connector = aiohttp.TCPConnector(
-            resolver=self._resolver,
-            ssl=self._ssl,
-            limit=self._limit,
-            limit_per_host=self._limit_per_host,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers={"User-Agent": self._user_agent},
-            # A proxy from the environment would connect on our behalf, unchecked.
-            trust_env=False,
-            # Cookies set by one receiver must never travel to another request.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # The body is discarded; decompressing it is wasted work (or a bomb).
-            auto_decompress=False,
-        )
-        return self._session
+        self._targets: dict[str, _Target] = {}
+        self._addresses: dict[str, tuple[float, list[str]]] = {}
 
     async def send(self, request: Request) -> Response:
         """POST ``request`` without following redirects; see ``Transport.send``."""
         started = time.monotonic()
+        deadline = asyncio.timeout(request.timeout)
         try:
-            url = self._urls.get(request.url)
-            if url is None:
-                url = _checked_url(request.url, self._policy)
-                if len(self._urls) >= _URL_CACHE:
-                    self._urls.clear()
-                self._urls[request.url] = url
-            timeout = self._timeouts.get(request.timeout)
-            if timeout is None:
-                timeout = self._timeouts[request.timeout] = aiohttp.ClientTimeout(
-                    total=request.timeout
-                )
-            session = self._open() if self._session is None else self._session
-            async with session.post(
-                url,
-                data=request.body,
-                headers=request.headers,
-                allow_redirects=False,
-                timeout=timeout,
-            ) as response:
-                remaining = _BODY_LIMIT
-                while remaining > 0 and (chunk := await response.content.read(remaining)):
-                    remaining -= len(chunk)
-                headers: dict[str, str] = {}
-                for key, value in response.headers.items():
-                    lower = key.lower()
-                    headers[lower] = f"{headers[lower]}, {value}" if lower in headers else value
-                status = response.status
-        except (DispatchError, aiohttp.ClientError, OSError, ValueError) as exc:
-            error = _to_transport_error(exc, request.timeout)
-            if error is exc:
-                raise
-            raise error from exc
-        return Response(status=status, headers=headers, elapsed=time.monotonic() - started)
+            target = self._targets.get(request.url) or self._target(request.url)
+            data = self._encode(target, request)
+            async with deadline, self._slots:
+                answer = await self._exchange(target, data)
+        except DispatchError:
+            raise
+        except TimeoutError as exc:
+            if deadline.expired():
+                # Worded for outcome.py, which prints "timeout after <message>".
+                raise AttemptTimeout(f"{request.timeout:g} s") from None
+            raise ConnectError(_describe(exc)) from exc
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise TLSError(_describe(exc)) from exc
+        except (OSError, ValueError, httptools.HttpParserError) as exc:
+            raise ConnectError(_describe(exc)) from exc
+        return Response(answer.status, answer.headers, time.monotonic() - started)
 
     async def close(self) -> None:
-        """Close the session and its connections; safe to call twice."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._resolver is not None:
-            # aiohttp closes only resolvers it created itself.
-            await self._resolver.close()
-            self._resolver = None
+        """Close the idle connections; safe to call twice."""
+        self._pool.close()
 
+    def _target(self, raw: str) -> _Target:
+        url = URL(raw)
+        if url.scheme not in _SCHEMES:
+            raise DestinationRefused(f"scheme {url.scheme!r} is not allowed in {raw!r}")
+        host = url.raw_host or ""
+        if not host or url.port is None:
+            raise DestinationRefused(f"{raw!r} names no host")
+        # An IP literal, in any form a resolver would accept, is checked here.
+        literal = ":" in host or host.replace(".", "").isdigit()
+        if literal:
+            try:
+                ip = ip_address(host)
+            except ValueError:
+                raise DestinationRefused(f"{host!r} is not a canonical IP address") from None
+            self._policy.check(ip)
+        start = f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"
+        target = _Target((url.scheme, host, url.port), host, literal, start)
+        if len(self._targets) >= _URL_CACHE:
+            self._targets.clear()
+        self._targets[raw] = target
+        return target
 
-def _checked_url(raw: str, policy: AddressPolicy) -> URL:
-    url = URL(raw)
-    if url.scheme not in _SCHEMES:
-        raise DestinationRefused(f"scheme {url.scheme!r} is not allowed in {raw!r}")
-    host = url.raw_host or ""
-    # Same test aiohttp uses to skip the resolver, so every such host is checked here.
-    if ":" in host or host.replace(".", "").isdigit():
+    def _encode(self, target: _Target, request: Request) -> bytes:
+        lines = [target.start]
+        agent = self._agent
+        for name, value in request.headers.items():
+            if name.lower() == "user-agent":
+                agent = ""
+            lines.append(f"{name}: {value}\r\n")
+        lines.append(f"{agent}Content-Length: {len(request.body)}\r\n\r\n")
+        head = "".join(lines)
+        breaks = len(request.headers) + (5 if agent else 4)
+        if head.count("\n") != breaks or head.count("\r") != breaks:
+            raise ValueError("a header name or value contains a line break")
+        return head.encode("latin-1") + request.body
+
+    async def _exchange(self, target: _Target, data: bytes) -> Answer:
+        kept = self._pool.take(target.origin)
+        if kept is not None:
+            try:
+                return await self._use(target, kept, data)
+            except OSError:
+                if kept.answered:
+                    raise
+                # The server closed the kept connection as we wrote: once more, on a new one.
+        return await self._use(target, await self._connect(target), data)
+
+    async def _use(self, target: _Target, connection: Connection, data: bytes) -> Answer:
         try:
-            ip = ip_address(host)
-        except ValueError:
-            raise DestinationRefused(f"{host!r} is not a canonical IP address") from None
-        policy.check(ip)
-    return url
+            return await connection.exchange(data)
+        finally:
+            self._pool.give(target.origin, connection)  # or closes it, unless it may be reused
 
+    async def _connect(self, target: _Target) -> Connection:
+        scheme, host, port = target.origin
+        tls = scheme == "https"
+        addresses = [host] if target.literal else await self._resolve(host, port)
+        loop = asyncio.get_running_loop()
+        failures: list[str] = []
+        for address in addresses:
+            try:
+                _, connection = await loop.create_connection(
+                    lambda: Connection(_BODY_LIMIT),
+                    address,
+                    port,
+                    ssl=self._ssl if tls else None,
+                    server_hostname=host if tls else None,
+                )
+            except (ssl.SSLError, ssl.CertificateError):
+                raise
+            except OSError as exc:
+                failures.append(f"{address}: {_describe(exc)}")
+            else:
+                return connection
+        raise ConnectionError(f"cannot connect to {host} port {port} ({'; '.join(failures)})")
 
-def _to_transport_error(exc: BaseException, timeout: float) -> TransportError:
-    """Map any exception from an attempt (of ``timeout`` seconds) onto the dispatcher's tree."""
-    chain: list[BaseException] = []
-    link: BaseException | None = exc
-    while link is not None and link not in chain:
-        chain.append(link)
-        link = link.__cause__ or link.__context__
-    for link in chain:
-        if isinstance(link, DestinationRefused):
-            return link
-    if isinstance(exc, TransportError):
-        return exc
-    # ServerTimeoutError and friends subclass asyncio.TimeoutError (= TimeoutError).
-    if isinstance(exc, asyncio.TimeoutError):
-        # Worded for outcome.py, which prints "timeout after <message>".
-        return AttemptTimeout(f"{timeout:g} s")
-    for link in chain:
-        # ClientSSLError covers certificate errors; an ssl.SSLError may hide in a cause.
-        if isinstance(link, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch):
-            return TLSError(_describe(link))
-        if isinstance(link, ssl.SSLError):
-            return TLSError(_describe(link))
-    return ConnectError(_describe(exc))
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        now = time.monotonic()
+        cached = self._addresses.get(host)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        kept: list[str] = []
+        refusals: list[str] = []
+        for address in await self._resolver.resolve(host, port):
+            try:
+                self._policy.check(ip_address(address))
+            except (DestinationRefused, ValueError) as exc:
+                refusals.append(str(exc))
+            else:
+                kept.append(address)
+        if not kept:
+            raise DestinationRefused(f"{host}: {'; '.join(refusals) or 'no address'}")
+        if len(self._addresses) >= _URL_CACHE:
+            self._addresses.clear()
+        self._addresses[host] = (now + self._dns_ttl, kept)
+        return kept
 
 
 def _describe(exc: BaseException) -> str:

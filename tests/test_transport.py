@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import trustme
+import uvloop
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from dispatcher.errors import AttemptTimeout, ConnectError, DestinationRefused, TLSError
 from dispatcher.transport import (
     AddressPolicy,
-    AiohttpTransport,
+    HttpTransport,
     MockTransport,
     Request,
     Response,
@@ -119,11 +119,11 @@ async def tls_receiver(ca: trustme.CA) -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def make_transport() -> AsyncIterator[Callable[..., AiohttpTransport]]:
-    made: list[AiohttpTransport] = []
+async def make_transport() -> AsyncIterator[Callable[..., HttpTransport]]:
+    made: list[HttpTransport] = []
 
-    def make(policy: AddressPolicy = LOOPBACK, **kwargs: object) -> AiohttpTransport:
-        made.append(AiohttpTransport(policy, user_agent=USER_AGENT, **kwargs))  # type: ignore[arg-type]
+    def make(policy: AddressPolicy = LOOPBACK, **kwargs: object) -> HttpTransport:
+        made.append(HttpTransport(policy, user_agent=USER_AGENT, **kwargs))  # type: ignore[arg-type]
         return made[-1]
 
     yield make
@@ -131,40 +131,25 @@ async def make_transport() -> AsyncIterator[Callable[..., AiohttpTransport]]:
         await transport.close()
 
 
-async def post(transport: AiohttpTransport, url: str, seconds: float = 2.0) -> Response:
+async def post(transport: HttpTransport, url: str, seconds: float = 2.0) -> Response:
     async with asyncio.timeout(HANG_GUARD):
         return await transport.send(Request(url, b"{}", {}, seconds))
 
 
-class FakeDNS(AbstractResolver):
+class FakeDNS:
     """Answers every lookup with fixed addresses and counts the lookups."""
 
     def __init__(self, *answers: str) -> None:
         self.answers = answers
         self.lookups: list[str] = []
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
+    async def resolve(self, host: str, port: int) -> list[str]:
         self.lookups.append(host)
-        return [
-            ResolveResult(
-                hostname=host,
-                host=answer,
-                port=port,
-                family=socket.AF_INET6 if ":" in answer else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            )
-            for answer in self.answers
-        ]
-
-    async def close(self) -> None:
-        pass
+        return list(self.answers)
 
 
 async def test_post_arrives_exactly_and_response_headers_are_lower_cased(
-    receiver: Receiver, make_transport: Callable[..., AiohttpTransport]
+    receiver: Receiver, make_transport: Callable[..., HttpTransport]
 ) -> None:
     body = b'{"type": "delivered"}\n\x00\xff'
     headers = {"Content-Type": "application/json", "webhook-id": "msg_1"}
@@ -183,7 +168,7 @@ async def test_post_arrives_exactly_and_response_headers_are_lower_cased(
 
 
 async def test_keep_alive_connection_is_reused(
-    receiver: Receiver, make_transport: Callable[..., AiohttpTransport]
+    receiver: Receiver, make_transport: Callable[..., HttpTransport]
 ) -> None:
     transport = make_transport()
     await post(transport, receiver.url("/hook"))
@@ -192,7 +177,7 @@ async def test_keep_alive_connection_is_reused(
 
 
 async def test_redirect_is_returned_not_followed(
-    receiver: Receiver, make_transport: Callable[..., AiohttpTransport]
+    receiver: Receiver, make_transport: Callable[..., HttpTransport]
 ) -> None:
     response = await post(make_transport(), receiver.url("/redirect"))
     assert response.status == 302
@@ -201,7 +186,7 @@ async def test_redirect_is_returned_not_followed(
 
 
 async def test_slow_receiver_times_out_within_the_attempt_timeout(
-    receiver: Receiver, make_transport: Callable[..., AiohttpTransport]
+    receiver: Receiver, make_transport: Callable[..., HttpTransport]
 ) -> None:
     started = time.monotonic()
     with pytest.raises(AttemptTimeout, match=r"^0\.3 s$"):
@@ -210,7 +195,7 @@ async def test_slow_receiver_times_out_within_the_attempt_timeout(
 
 
 async def test_huge_body_is_cut_off_instead_of_read(
-    receiver: Receiver, make_transport: Callable[..., AiohttpTransport]
+    receiver: Receiver, make_transport: Callable[..., HttpTransport]
 ) -> None:
     # Reading the whole body would run into the timeout instead.
     response = await post(make_transport(), receiver.url("/huge"), seconds=3)
@@ -219,7 +204,7 @@ async def test_huge_body_is_cut_off_instead_of_read(
 
 
 async def test_closed_port_is_a_connect_error(
-    make_transport: Callable[..., AiohttpTransport],
+    make_transport: Callable[..., HttpTransport],
 ) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -240,7 +225,7 @@ async def test_closed_port_is_a_connect_error(
     ],
 )
 async def test_default_policy_refuses_loopback_before_connecting(
-    url: str, receiver: Receiver, make_transport: Callable[..., AiohttpTransport]
+    url: str, receiver: Receiver, make_transport: Callable[..., HttpTransport]
 ) -> None:
     with pytest.raises(DestinationRefused):
         await post(make_transport(AddressPolicy()), url.format(port=receiver.port))
@@ -253,14 +238,14 @@ async def test_loopback_allowed_by_network_or_development_mode(
     policy: AddressPolicy,
     host: str,
     receiver: Receiver,
-    make_transport: Callable[..., AiohttpTransport],
+    make_transport: Callable[..., HttpTransport],
 ) -> None:
     response = await post(make_transport(policy), receiver.url("/hook", host=host))
     assert response.status == 202
 
 
 async def test_connects_only_to_checked_addresses_resolved_once(
-    receiver: Receiver, make_transport: Callable[..., AiohttpTransport]
+    receiver: Receiver, make_transport: Callable[..., HttpTransport]
 ) -> None:
     dns = FakeDNS("10.0.0.1", "127.0.0.1")
     transport = make_transport(resolver=dns)
@@ -279,7 +264,7 @@ async def test_tls_with_test_ca(
     tls_receiver: Receiver,
     ca: trustme.CA,
     tmp_path: Path,
-    make_transport: Callable[..., AiohttpTransport],
+    make_transport: Callable[..., HttpTransport],
 ) -> None:
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -291,6 +276,31 @@ async def test_tls_with_test_ca(
     with pytest.raises(TLSError):
         await post(make_transport(), tls_receiver.url("/hook", scheme="https"))
     assert len(tls_receiver.hits) == 2
+
+
+def test_plain_and_tls_on_uvloop_as_in_a_ray_actor(ca: trustme.CA, tmp_path: Path) -> None:
+    """Ray runs actors on uvloop, whose transports are not asyncio's classes."""
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    serve = contextlib.asynccontextmanager(_serve)
+
+    async def scenario() -> list[Hit]:
+        async with serve() as plain, serve(context) as tls:
+            transport = HttpTransport(LOOPBACK, ca_bundle=str(ca_file), user_agent=USER_AGENT)
+            try:
+                for url in [plain.url("/hook"), tls.url("/hook", scheme="https")] * 2:
+                    assert (await post(transport, url)).status == 202
+            finally:
+                await transport.close()
+            return plain.hits + tls.hits
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        hits = runner.run(scenario())
+    assert len(hits) == 4
+    assert hits[0].peer_port == hits[1].peer_port  # kept alive
+    assert hits[2].peer_port == hits[3].peer_port
 
 
 REFUSED = [

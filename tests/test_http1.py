@@ -1,0 +1,234 @@
+"""The HTTP/1.1 connection layer against scripted servers on 127.0.0.1, and its pool.
+
+aiohttp receivers (``test_transport.py``) answer correctly; these servers
+answer the ways real receivers sometimes do: a body that ends when the
+connection closes, a kept connection closed under a new request, bytes that
+are not HTTP, a hang-up before any answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from ipaddress import ip_network
+
+import pytest
+from yarl import URL
+
+from dispatcher.errors import ConnectError
+from dispatcher.http1 import Connection, Pool
+from dispatcher.transport import AddressPolicy, HttpTransport, Request, Response
+
+LOOPBACK = AddressPolicy(allowed_networks=(ip_network("127.0.0.0/8"),))
+HANG_GUARD = 5.0
+
+# One connection's script: given its requests' count so far, what to do with a request.
+Answer = Callable[[int, asyncio.StreamWriter], Awaitable[bool]]
+"""Writes (or not) an answer; returns whether to keep serving this connection."""
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return head + await reader.readexactly(length)
+
+
+@contextlib.asynccontextmanager
+async def scripted(
+    answer: Callable[[int, int, asyncio.StreamWriter], Awaitable[bool]],
+) -> AsyncIterator[tuple[str, list[bytes], list[int]]]:
+    """A server calling ``answer(connection number, request number, writer)`` per request.
+
+    Yields its URL, the requests it read and, per connection, how many requests it read.
+    """
+    requests: list[bytes] = []
+    per_connection: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = len(per_connection)
+        per_connection.append(0)
+        try:
+            while (request := await _read_request(reader)) is not None:
+                requests.append(request)
+                per_connection[number] += 1
+                if not await answer(number, per_connection[number], writer):
+                    break
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook?x=1", requests, per_connection
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def ok(body: bytes = b"fine", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+async def send(transport: HttpTransport, url: str, **headers: str) -> Response:
+    async with asyncio.timeout(HANG_GUARD):
+        return await transport.send(Request(url, b'{"a": 1}', headers, 2.0))
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[HttpTransport]:
+    made = HttpTransport(LOOPBACK, user_agent="t/1")
+    yield made
+    await made.close()
+
+
+async def test_request_is_exactly_what_the_receiver_reads(transport: HttpTransport) -> None:
+    async def answer(connection: int, request: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(ok(extra=b"X-A: 1\r\nx-a: 2\r\n"))
+        return True
+
+    async with scripted(answer) as (url, requests, _):
+        response = await send(transport, url, **{"webhook-id": "msg_1"})
+    assert response.status == 200
+    assert response.headers["x-a"] == "1, 2"
+    assert requests == [
+        b"POST /hook?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nwebhook-id: msg_1\r\n"
+        b'User-Agent: t/1\r\nContent-Length: 8\r\n\r\n{"a": 1}' % (URL(url).port or 0)
+    ]
+
+
+async def test_body_ending_with_the_connection_is_an_answer(transport: HttpTransport) -> None:
+    async def close_delimited(connection: int, request: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.0 202 Accepted\r\nServer: old\r\n\r\nread until the end")
+        return False
+
+    async with scripted(close_delimited) as (url, _, per_connection):
+        for _ in range(2):
+            response = await send(transport, url)
+            assert (response.status, response.headers["server"]) == (202, "old")
+    assert per_connection == [1, 1]  # not reused after a body that ends with it
+
+
+async def test_kept_connection_closed_under_a_new_request_is_retried_once_on_a_new_one(
+    transport: HttpTransport,
+) -> None:
+    async def answer(connection: int, request: int, writer: asyncio.StreamWriter) -> bool:
+        if connection == 0 and request == 2:
+            return False  # hang up on the second request without a byte of answer
+        writer.write(ok())
+        return True
+
+    async with scripted(answer) as (url, requests, per_connection):
+        assert (await send(transport, url)).status == 200
+        assert (await send(transport, url)).status == 200
+    assert per_connection == [2, 1]
+    assert len(requests) == 3
+
+
+async def test_hang_up_before_any_answer_on_a_new_connection_is_a_connect_error(
+    transport: HttpTransport,
+) -> None:
+    async def answer(connection: int, request: int, writer: asyncio.StreamWriter) -> bool:
+        return False
+
+    async with scripted(answer) as (url, _, per_connection):
+        with pytest.raises(ConnectError, match="closed the connection"):
+            await send(transport, url)
+    assert per_connection == [1]  # a fresh connection is never retried
+
+
+async def test_bytes_that_are_not_http_are_a_connect_error(transport: HttpTransport) -> None:
+    async def answer(connection: int, request: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        return True
+
+    async with scripted(answer) as (url, _, _):
+        with pytest.raises(ConnectError, match="HttpParser"):
+            await send(transport, url)
+
+
+async def test_line_break_in_a_header_sends_nothing(transport: HttpTransport) -> None:
+    async def answer(connection: int, request: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(ok())
+        return True
+
+    async with scripted(answer) as (url, requests, _):
+        with pytest.raises(ConnectError, match="line break"):
+            await send(transport, url, **{"webhook-id": "a\r\nX-Injected: 1"})
+        assert requests == []
+
+
+async def test_keep_alive_reuses_one_connection_until_the_server_says_close(
+    transport: HttpTransport,
+) -> None:
+    # ...across a chunked body, and an interim 100 Continue before an answer.
+    async def answer(connection: int, request: int, writer: asyncio.StreamWriter) -> bool:
+        if request == 3:
+            writer.write(ok(extra=b"Connection: close\r\n"))
+            return False
+        interim = b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
+        chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nfine\r\n0\r\n\r\n"
+        writer.write(interim + chunked if request == 2 else ok())
+        return True
+
+    async with scripted(answer) as (url, _, per_connection):
+        for _ in range(4):
+            response = await send(transport, url)
+            assert response.status == 200
+            assert "x-interim" not in response.headers
+    assert per_connection == [3, 1]
+
+
+class _Idle(Connection):
+    def __init__(self, closed: bool = False) -> None:
+        super().__init__(body_limit=0)
+        self.reusable = True
+        self.closed = closed
+        self.dropped = False
+
+    def close(self) -> None:
+        self.dropped = True
+
+
+def test_pool_hands_back_fresh_connections_newest_first_and_closes_stale_ones() -> None:
+    now = [0.0]
+    pool = Pool(keepalive=15.0, max_idle=3, clock=lambda: now[0])
+    origin = ("http", "a.example", 80)
+    old, dead, new = _Idle(), _Idle(), _Idle()
+    pool.give(origin, old)
+    now[0] = 10.0
+    pool.give(origin, dead)
+    pool.give(origin, new)
+    dead.closed = True  # the server hung up while it waited
+
+    assert pool.take(origin) is new
+    assert pool.take(("http", "b.example", 80)) is None
+    assert pool.take(origin) is old  # dead skipped; old has waited 10 s of 15
+    assert dead.dropped
+    assert not old.dropped
+    pool.give(origin, old)
+    now[0] = 26.0
+    assert pool.take(origin) is None
+    assert old.dropped
+
+
+def test_pool_keeps_at_most_max_idle_and_never_an_unreusable_one() -> None:
+    pool = Pool(keepalive=15.0, max_idle=2, clock=lambda: 0.0)
+    kept = [_Idle(), _Idle()]
+    extra, spent = _Idle(), _Idle()
+    spent.reusable = False
+    for connection in [*kept, extra, spent]:
+        pool.give(("http", "a.example", 80), connection)
+    assert extra.dropped
+    assert spent.dropped
+    assert not any(connection.dropped for connection in kept)
+    pool.close()
+    assert all(connection.dropped for connection in kept)
+    assert pool.take(("http", "a.example", 80)) is None
