@@ -334,6 +334,8 @@ class Bench:
         self._receivers: Receivers | None = None
         self._http: aiohttp.ClientSession | None = None
         self._engine: Engine | None = None
+        self.delivery_actors = 0
+        """As the service's ``/healthz`` counted them when it started."""
 
     @property
     def receivers(self) -> Receivers:
@@ -407,7 +409,9 @@ class Bench:
                 async with self.http.get(
                     f"{self.service.base_url}/healthz", timeout=aiohttp.ClientTimeout(total=10)
                 ) as r:
-                    if r.status == 200 and (await r.json())["status"] == "ok":
+                    health = await r.json() if r.status == 200 else {}
+                    if health.get("status") == "ok":
+                        self.delivery_actors = len(health["dispatcher"]["delivery_actors"])
                         return time.monotonic() - started
             except (aiohttp.ClientError, TimeoutError):
                 pass

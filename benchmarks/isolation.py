@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.isolation [--events 20000] [--hosts 50] [--database-url URL]``
 
-One service, two phases on two fresh sets of ``--hosts`` receivers (new
+One service, two phases, each on a fresh set of ``--hosts`` receivers (new
 origins, so new lanes): in the first every host answers 200; in the second,
 10 % hang past the attempt timeout (``--hang`` seconds, the service's
 ``SENTINMAIL_ATTEMPT_TIMEOUT`` being ``--attempt-timeout``) and 10 % answer
@@ -10,6 +10,12 @@ origins, so new lanes): in the first every host answers 200; in the second,
 hosts. Only the healthy hosts' deliveries are timed and counted: their
 ``deliveries_per_s`` (first POST of the phase to last healthy arrival) and
 ``p99_ms``. The per-host rate limit is raised as in the throughput benchmark.
+
+The pair runs ``--rounds`` times, alternating (healthy, bad, healthy, bad),
+and the fastest run of each phase counts, as for the raw limit: other load
+on the machine can only slow a phase, and this virtual machine's speed
+drifts by 20-30 % within a minute, which a single pair reads as isolation.
+Every round is in the result (``rounds``); ``lost`` counts them all.
 
 By default events are posted flat out, faster than they can be delivered, so
 latency is mostly the time the backlog takes to drain; ``--ingest-rate``
@@ -19,6 +25,7 @@ paces the posts below the delivery rate to compare latency without a backlog.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 from benchmarks import load
@@ -32,6 +39,8 @@ from benchmarks.harness import (
     progress,
 )
 from benchmarks.load import Host
+from dispatcher.actors import shard
+from models.endpoints import origin_of
 
 
 def behaviours(hosts: int) -> list[str]:
@@ -79,6 +88,10 @@ async def phase(
     for (host, _), n in arrivals.counts.items():
         if host in bad:
             requests_to_bad[bad[host]] += n
+    # Origins are sharded over the delivery actors by hash: how evenly did these fall?
+    shares = Counter(
+        shard(origin_of(f"http://127.0.0.1:{h.port}/hook"), bench.delivery_actors) for h in healthy
+    )
     return {
         "deliveries_per_s": round(len(outcome.delivered) / span, 1) if span > 0 else 0.0,
         "p50_ms": outcome.p(50),
@@ -87,6 +100,7 @@ async def phase(
         "healthy_deliveries": len(outcome.delivered),
         "lost": outcome.lost,
         "requests_to_bad_hosts": requests_to_bad,
+        "busiest_actor_share": round(max(shares.values()) / len(healthy), 3),
         "cpu_seconds": cpu_seconds,
     }
 
@@ -95,6 +109,7 @@ async def run(
     *,
     events: int,
     hosts: int,
+    rounds: int,
     database_url: str | None,
     create_database: bool,
     batch: int,
@@ -105,24 +120,23 @@ async def run(
     hang: float,
     ingest_rate: float | None,
 ) -> dict[str, Any]:
-    """Run both phases; return the result."""
+    """Run both phases ``rounds`` times, alternating; return the result."""
     info = machine()
     env = {
         "SENTINMAIL_HOST_RATE_LIMIT": str(host_rate_limit),
         "SENTINMAIL_ATTEMPT_TIMEOUT": str(attempt_timeout),
     }
     bad_mix = behaviours(hosts)
+    mixes = [["ok"] * hosts, bad_mix] * rounds
     async with Bench(
         "isolation",
         database_url,
         create_database=create_database,
-        receivers=2 * hosts,
+        receivers=len(mixes) * hosts,
         env=env,
         hang=hang,
     ) as bench:
-        await bench.receivers.set_behaviours(bench.http, ["ok"] * hosts + bad_mix)
-        first = await bench.hosts(range(hosts))
-        second = await bench.hosts(range(hosts, 2 * hosts))
+        await bench.receivers.set_behaviours(bench.http, [b for mix in mixes for b in mix])
         options: dict[str, Any] = {
             "events": events,
             "batch": batch,
@@ -130,13 +144,19 @@ async def run(
             "within": within,
             "ingest_rate": ingest_rate,
         }
-        healthy = await phase(bench, first, ["ok"] * hosts, start=0, **options)
-        with_bad = await phase(bench, second, bad_mix, start=events, **options)
+        phases = []
+        for n, mix in enumerate(mixes):
+            fresh = await bench.hosts(range(n * hosts, (n + 1) * hosts))
+            phases.append(await phase(bench, fresh, mix, start=n * events, **options))
         peak_rss = bench.sampler.peak_rss
 
     def ratio(a: float, b: float) -> float:
         return round(a / b, 3) if b else 0.0
 
+    def fastest(of: list[dict[str, Any]]) -> dict[str, Any]:
+        return max(of, key=lambda phase: phase["deliveries_per_s"])
+
+    healthy, with_bad = fastest(phases[0::2]), fastest(phases[1::2])
     return {
         "benchmark": "isolation",
         "database": bench.backend,
@@ -144,7 +164,14 @@ async def run(
         "with_bad_hosts": with_bad,
         "throughput_ratio": ratio(with_bad["deliveries_per_s"], healthy["deliveries_per_s"]),
         "p99_ratio": ratio(with_bad["p99_ms"], healthy["p99_ms"]),
-        "lost": healthy["lost"] + with_bad["lost"],
+        "lost": sum(phase["lost"] for phase in phases),
+        "rounds": [
+            {
+                name: {key: phase[key] for key in ("deliveries_per_s", "p99_ms", "lost")}
+                for name, phase in zip(("healthy_only", "with_bad_hosts"), pair, strict=True)
+            }
+            for pair in zip(phases[0::2], phases[1::2], strict=True)
+        ],
         "events_per_phase": events,
         "hosts": hosts,
         "bad_hosts": {"hang": bad_mix.count("hang"), "error": bad_mix.count("error")},
@@ -162,6 +189,9 @@ def main() -> None:
     parser = common_options(__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="per phase")
     parser.add_argument("--hosts", type=int, default=50, help="per phase")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="pairs of phases; the fastest of each phase counts"
+    )
     parser.add_argument("--host-rate-limit", type=float, default=100_000.0)
     parser.add_argument("--attempt-timeout", type=float, default=15.0, help="the service's")
     parser.add_argument("--hang", type=float, default=20.0, help="seconds a hanging host waits")

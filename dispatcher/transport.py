@@ -325,8 +325,10 @@ class HttpTransport:
                 refusals.append(str(exc))
             else:
                 kept.append(address)
+        if refusals and not kept:
+            raise DestinationRefused(f"{host}: {'; '.join(refusals)}")
         if not kept:
-            raise DestinationRefused(f"{host}: {'; '.join(refusals) or 'no address'}")
+            raise OSError(f"{host} has no address")
         if len(self._addresses) >= _URL_CACHE:
             self._addresses.clear()
         self._addresses[host] = (now + self._dns_ttl, kept)

@@ -7,10 +7,21 @@ the lock. Pure reads (authenticating a key on every request) use
 :func:`reader`, whose transactions take no lock: in WAL mode readers never
 wait for writers. ``synchronous=FULL`` because an accepted event must survive a
 power cut, not only a crash of the process.
+
+Writers also take turns through an ``flock`` on a file beside the database
+(:class:`_TurnTakingConnection`) before ``BEGIN IMMEDIATE``. SQLite's own
+busy handler polls for the write lock with sleeps of up to 100 ms, so a
+writer that commits often (the API's ingestion, four requests at a time)
+wins it again and again while another (the scheduler's claim) sleeps: every
+delivery stalled until ingestion ended. The kernel wakes a blocked ``flock``
+the moment the lock is released, so every writer gets its turn.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import sqlite3
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -24,6 +35,55 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "sentinmail_read_only"
 
 
+class _TurnTakingConnection(sqlite3.Connection):
+    """A pysqlite connection that holds an ``flock`` from its ``BEGIN IMMEDIATE`` to its end.
+
+    The lock file is ``<database>-writelock``; in-memory databases have none
+    (one process, so nobody to take turns with).
+    """
+
+    def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(database, *args, **kwargs)
+        name = os.fsdecode(database)
+        on_disk = name not in ("", ":memory:") and not name.startswith("file:")
+        self._turn_fd = -1
+        if on_disk:
+            self._turn_fd = os.open(f"{name}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._has_turn = False
+
+    def take_turn(self) -> None:
+        """Wait for this connection's turn to write (before ``BEGIN IMMEDIATE``)."""
+        if self._turn_fd >= 0 and not self._has_turn:
+            fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
+            self._has_turn = True
+
+    def _end_turn(self) -> None:
+        if self._has_turn:
+            self._has_turn = False
+            fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._end_turn()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._end_turn()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._end_turn()
+            if self._turn_fd >= 0:
+                os.close(self._turn_fd)
+                self._turn_fd = -1
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create the engine for ``url`` (any SQLAlchemy URL)."""
     if make_url(url).get_backend_name() != "sqlite":
@@ -32,7 +92,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     engine = create_engine(
         url,
-        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        connect_args={
+            "check_same_thread": False,
+            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+            "factory": _TurnTakingConnection,
+        },
         **kwargs,
     )
 
@@ -49,8 +113,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        read_only = connection.get_execution_options().get(READ_ONLY, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY, False):
+            connection.exec_driver_sql("BEGIN")
+            return
+        dbapi_connection = connection.connection.dbapi_connection
+        if isinstance(dbapi_connection, _TurnTakingConnection):
+            dbapi_connection.take_turn()
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

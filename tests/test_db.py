@@ -1,0 +1,79 @@
+"""SQLite writers take turns through the ``<database>-writelock`` file (``models.db``)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
+
+from models.db import make_engine, reader
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    made = make_engine(f"sqlite:///{tmp_path}/turns.db")
+    with made.begin() as connection:
+        connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+    yield made
+    made.dispose()
+
+
+def turn_is_taken(engine: Engine) -> bool:
+    """Whether some connection holds the write turn (as another process would see it)."""
+    fd = os.open(f"{engine.url.database}-writelock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor releases a lock it got
+    return False
+
+
+def test_a_write_transaction_holds_the_turn_until_it_commits(engine: Engine) -> None:
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        assert turn_is_taken(engine)
+        connection.execute(text("INSERT INTO t VALUES (1)"))
+        transaction.commit()
+        assert not turn_is_taken(engine)
+
+
+def test_a_failed_write_gives_the_turn_back(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO t VALUES (1)"))
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(text("INSERT INTO t VALUES (1)"))
+    assert not turn_is_taken(engine)
+    with engine.begin() as connection:  # and the next writer gets it
+        connection.execute(text("INSERT INTO t VALUES (2)"))
+    with reader(engine).connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM t")).scalar() == 2
+
+
+def test_readers_do_not_take_the_turn(engine: Engine) -> None:
+    with reader(engine).connect() as connection, connection.begin():
+        connection.execute(text("SELECT count(*) FROM t"))
+        assert not turn_is_taken(engine)
+
+
+def test_a_closed_connection_gives_the_turn_back(engine: Engine) -> None:
+    connection = engine.connect()
+    connection.begin()
+    assert turn_is_taken(engine)
+    connection.invalidate()  # closes the DBAPI connection mid-transaction
+    assert not turn_is_taken(engine)
+
+
+def test_in_memory_databases_need_no_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    memory = make_engine("sqlite://")
+    with memory.begin() as connection:
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+    memory.dispose()
+    assert list(tmp_path.iterdir()) == []  # no ":memory:-writelock" beside nothing
