@@ -23,7 +23,10 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).parent.parent
 TINY: dict[str, list[str]] = {
     "throughput": ["--events", "200", "--hosts", "3", "--raw-requests", "200"],
-    "isolation": ["--events", "200", "--hosts", "10", "--hang", "3", "--attempt-timeout", "1"],
+    "isolation": [
+        *("--events", "200", "--hosts", "10", "--hang", "3", "--attempt-timeout", "1"),
+        *("--rounds", "2"),
+    ],
     "priority": ["--events", "200", "--high", "20", "--hosts", "2"],
     "recovery": ["--events", "400", "--hosts", "2", "--ingest-rate", "200"],
 }
@@ -91,5 +94,7 @@ def test_benchmark_runs_and_loses_nothing(name: str, runs: dict[str, Any]) -> No
     if name == "isolation":
         assert result["healthy_only"]["healthy_deliveries"] == 200
         assert result["with_bad_hosts"]["healthy_deliveries"] == 160
+        assert len(result["rounds"]) == 2  # each on a service of its own
+        assert all(r["with_bad_hosts"]["lost"] == 0 for r in result["rounds"])
     if name == "recovery":
         assert result["delivered"] == result["accepted"] == 400
