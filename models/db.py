@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import threading
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -35,11 +36,20 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "sentinmail_read_only"
 
 
+# Threads of this process that hold a write turn: a thread opening a second write
+# transaction while it holds one would otherwise wait on itself for ever.
+_holders: set[int] = set()
+_holders_lock = threading.Lock()
+
+
 class _TurnTakingConnection(sqlite3.Connection):
     """A pysqlite connection that holds an ``flock`` from its ``BEGIN IMMEDIATE`` to its end.
 
     The lock file is ``<database>-writelock``; in-memory databases have none
-    (one process, so nobody to take turns with).
+    (one process, so nobody to take turns with). A thread that already holds
+    a turn through another connection does not take a second one: its
+    ``BEGIN IMMEDIATE`` meets SQLite's own lock, which gives up after the
+    busy timeout, as it did before turns existed.
     """
 
     def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
@@ -49,17 +59,23 @@ class _TurnTakingConnection(sqlite3.Connection):
         self._turn_fd = -1
         if on_disk:
             self._turn_fd = os.open(f"{name}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
-        self._has_turn = False
+        self._turn_holder: int | None = None
 
     def take_turn(self) -> None:
         """Wait for this connection's turn to write (before ``BEGIN IMMEDIATE``)."""
-        if self._turn_fd >= 0 and not self._has_turn:
-            fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
-            self._has_turn = True
+        thread = threading.get_ident()
+        if self._turn_fd < 0 or self._turn_holder is not None or thread in _holders:
+            return
+        fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
+        with _holders_lock:
+            _holders.add(thread)
+        self._turn_holder = thread
 
     def _end_turn(self) -> None:
-        if self._has_turn:
-            self._has_turn = False
+        if self._turn_holder is not None:
+            with _holders_lock:
+                _holders.discard(self._turn_holder)
+            self._turn_holder = None
             fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
 
     def commit(self) -> None:

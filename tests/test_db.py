@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +78,30 @@ def test_in_memory_databases_need_no_turns(tmp_path: Path, monkeypatch: pytest.M
         assert connection.execute(text("SELECT 1")).scalar() == 1
     memory.dispose()
     assert list(tmp_path.iterdir()) == []  # no ":memory:-writelock" beside nothing
+
+
+def test_a_thread_holding_the_turn_is_not_made_to_wait_for_itself(engine: Engine) -> None:
+    """A second write transaction in the same thread meets SQLite's own lock instead.
+
+    That lock gives up after the busy timeout; a second ``flock`` would wait for ever.
+    """
+    first, second = engine.raw_connection(), engine.raw_connection()
+    try:
+        take = [c.dbapi_connection.take_turn for c in (first, second)]  # type: ignore[union-attr]
+        take[0]()
+        signal.signal(signal.SIGALRM, _give_up)
+        signal.setitimer(signal.ITIMER_REAL, 5.0)
+        try:
+            take[1]()  # returns at once: the thread already holds the turn
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        assert turn_is_taken(engine)
+        first.rollback()
+        assert not turn_is_taken(engine)
+    finally:
+        first.close()
+        second.close()
+
+
+def _give_up(signum: int, frame: object) -> None:
+    raise TimeoutError("take_turn waited on its own thread")
