@@ -167,8 +167,8 @@ class _Target:
     """A checked endpoint URL, ready to be connected to and written."""
 
     origin: Origin
-    host: str
-    """What to resolve, or the address itself when ``literal``; also the TLS server name."""
+    """``(scheme, host, port)``; the host is what to resolve, or the address itself when
+    ``literal``, and the TLS server name."""
     literal: bool
     start: str
     """The request line and the Host header."""
@@ -251,7 +251,7 @@ class HttpTransport:
                 raise DestinationRefused(f"{host!r} is not a canonical IP address") from None
             self._policy.check(ip)
         start = f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"
-        target = _Target((url.scheme, host, url.port), host, literal, start)
+        target = _Target((url.scheme, host, url.port), literal, start)
         if len(self._targets) >= _URL_CACHE:
             self._targets.clear()
         self._targets[raw] = target
