@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -138,12 +139,14 @@ class Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections by origin, and every open one (to close them all).
+    """Idle keep-alive connections by origin, oldest first across origins.
 
     A connection idle for ``keepalive`` seconds is closed rather than reused
     (servers drop idle ones too, and a request written into a connection the
     server is closing is lost). At most ``max_idle`` connections wait idle in
-    all; more are closed when they come back.
+    all: past that, the one idle longest is closed, whatever its origin, so
+    the hosts being delivered to keep theirs and hosts done with wait out
+    their keep-alive at no one's expense.
     """
 
     def __init__(
@@ -157,50 +160,50 @@ class Pool:
         self._max_idle = max_idle
         self._clock = clock
         self._idle: dict[Origin, list[Connection]] = {}
-        self._idle_count = 0
-        self._pruned = clock()
+        """Per origin, most recently used last."""
+        self._order: OrderedDict[Connection, Origin] = OrderedDict()
+        """Every idle connection, idle longest first."""
 
     def take(self, origin: Origin) -> Connection | None:
         """The most recently used idle connection to ``origin`` that may still be used."""
-        now = self._clock()
-        if now - self._pruned >= self._keepalive:
-            self._prune(now)
+        self._expire(self._clock())
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
-            self._idle_count -= 1
-            if not connection.closed and now - connection.idle_since < self._keepalive:
+            del self._order[connection]
+            if not idle:
+                del self._idle[origin]
+            if not connection.closed:
                 return connection
             connection.close()
         return None
 
     def give(self, origin: Origin, connection: Connection) -> None:
         """Keep a connection whose exchange ended for the next request, or close it."""
-        if not connection.reusable or connection.closed or self._idle_count >= self._max_idle:
+        if not connection.reusable or connection.closed:
             connection.close()
             return
         connection.idle_since = self._clock()
         self._idle.setdefault(origin, []).append(connection)
-        self._idle_count += 1
+        self._order[connection] = origin
+        if len(self._order) > self._max_idle:
+            self._drop_oldest()
 
     def close(self) -> None:
         """Close every idle connection."""
-        for idle in self._idle.values():
-            for connection in idle:
-                connection.close()
+        for connection in self._order:
+            connection.close()
         self._idle.clear()
-        self._idle_count = 0
+        self._order.clear()
 
-    def _prune(self, now: float) -> None:
-        self._pruned = now
-        for origin in list(self._idle):
-            idle = self._idle[origin]
-            kept = [c for c in idle if not c.closed and now - c.idle_since < self._keepalive]
-            for connection in idle:
-                if connection not in kept:
-                    connection.close()
-            self._idle_count -= len(idle) - len(kept)
-            if kept:
-                self._idle[origin] = kept
-            else:
-                del self._idle[origin]
+    def _expire(self, now: float) -> None:
+        while self._order and now - next(iter(self._order)).idle_since >= self._keepalive:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        connection, origin = self._order.popitem(last=False)
+        idle = self._idle[origin]
+        idle.remove(connection)  # its first, being its oldest
+        if not idle:
+            del self._idle[origin]
+        connection.close()

@@ -221,14 +221,43 @@ def test_pool_hands_back_fresh_connections_newest_first_and_closes_stale_ones() 
 
 def test_pool_keeps_at_most_max_idle_and_never_an_unreusable_one() -> None:
     pool = Pool(keepalive=15.0, max_idle=2, clock=lambda: 0.0)
-    kept = [_Idle(), _Idle()]
-    extra, spent = _Idle(), _Idle()
+    oldest, kept, newest, spent = _Idle(), _Idle(), _Idle(), _Idle()
     spent.reusable = False
-    for connection in [*kept, extra, spent]:
+    for connection in [oldest, kept, newest, spent]:
         pool.give(("http", "a.example", 80), connection)
-    assert extra.dropped
+    assert oldest.dropped  # the one idle longest made room
     assert spent.dropped
-    assert not any(connection.dropped for connection in kept)
+    assert not kept.dropped
+    assert not newest.dropped
     pool.close()
-    assert all(connection.dropped for connection in kept)
+    assert kept.dropped
+    assert newest.dropped
     assert pool.take(("http", "a.example", 80)) is None
+
+
+def test_pool_full_of_a_finished_hosts_connections_still_keeps_the_busy_hosts() -> None:
+    """Idle connections to hosts no longer delivered to must not crowd out the busy ones.
+
+    When the cap closed the connection just handed back instead, every
+    request to a busy host opened a new connection for as long as the old
+    hosts' connections waited out their keep-alive.
+    """
+    now = [0.0]
+    pool = Pool(keepalive=15.0, max_idle=4, clock=lambda: now[0])
+    finished = [_Idle() for _ in range(4)]
+    for connection in finished:
+        pool.give(("http", "done.example", 80), connection)
+    now[0] = 1.0
+    busy = ("http", "busy.example", 80)
+    first = _Idle()
+    pool.give(busy, first)
+    for _ in range(10):  # a request at a time, each on the connection the last one left
+        connection = pool.take(busy)
+        assert connection is first
+        pool.give(busy, connection)
+    assert not first.dropped
+    assert sum(c.dropped for c in finished) == 1
+    now[0] = 15.5  # the finished host's have waited their keep-alive out; busy's has not
+    assert pool.take(("http", "done.example", 80)) is None
+    assert all(c.dropped for c in finished)
+    assert pool.take(busy) is first
