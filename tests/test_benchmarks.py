@@ -47,7 +47,14 @@ FIELDS: dict[str, set[str]] = {
         "worker_limit_per_s",
         "worker_cpu_ms",
     },
-    "isolation": {"healthy_only", "with_bad_hosts", "throughput_ratio", "p99_ratio", "lost"},
+    "isolation": {
+        "healthy_only",
+        "with_bad_hosts",
+        "throughput_ratio",
+        "p99_ratio",
+        "all_healthy_throughput_ratio",
+        "lost",
+    },
     "priority": {"high_p99_ms", "low_p99_ms", "ratio", "lost"},
     "recovery": {"accepted", "delivered", "lost", "duplicates"},
 }
@@ -92,8 +99,11 @@ def test_benchmark_runs_and_loses_nothing(name: str, runs: dict[str, Any]) -> No
     if name == "throughput":
         assert result["deliveries"] == result["events"] == 200
     if name == "isolation":
-        assert result["healthy_only"]["healthy_deliveries"] == 200
-        assert result["with_bad_hosts"]["healthy_deliveries"] == 160
+        # The ratios compare the same 8 hosts and their 160 events in both phases.
+        assert result["healthy_only"]["compared_deliveries"] == 160
+        assert result["with_bad_hosts"]["compared_deliveries"] == 160
+        assert result["healthy_only"]["all_healthy"]["deliveries"] == 200
+        assert result["with_bad_hosts"]["all_healthy"]["deliveries"] == 160
         assert len(result["rounds"]) == 2  # each on a service of its own
         assert all(r["with_bad_hosts"]["lost"] == 0 for r in result["rounds"])
     if name == "recovery":
