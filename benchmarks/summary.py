@@ -86,7 +86,7 @@ def draw(directory: Path) -> Path:
     rate_ax.set_ylabel("healthy deliveries/s")
     isolation_ax.set_xticks(list(xs), groups)
     isolation_ax.legend(handles=[left, right], fontsize=7)
-    isolation_ax.set_title("Healthy hosts, without and with 10 % hanging + 10 % failing")
+    isolation_ax.set_title("The same 40 hosts, beside 10 healthy, then 5 hanging + 5 failing")
 
     priority = load_results(directory, "priority")
     _bars(
