@@ -245,16 +245,16 @@ def test_pool_full_of_a_finished_hosts_connections_still_keeps_the_busy_hosts() 
     now = [0.0]
     pool = Pool(keepalive=15.0, max_idle=4, clock=lambda: now[0])
     finished = [_Idle() for _ in range(4)]
-    for connection in finished:
-        pool.give(("http", "done.example", 80), connection)
+    for idle in finished:
+        pool.give(("http", "done.example", 80), idle)
     now[0] = 1.0
     busy = ("http", "busy.example", 80)
     first = _Idle()
     pool.give(busy, first)
     for _ in range(10):  # a request at a time, each on the connection the last one left
-        connection = pool.take(busy)
-        assert connection is first
-        pool.give(busy, connection)
+        taken = pool.take(busy)
+        assert taken is first
+        pool.give(busy, taken)
     assert not first.dropped
     assert sum(c.dropped for c in finished) == 1
     now[0] = 15.5  # the finished host's have waited their keep-alive out; busy's has not
