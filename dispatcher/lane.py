@@ -54,6 +54,8 @@ class Lane:
         self._queued = 0
         self.last_active = now
         """When a job was last queued, taken or finished here."""
+        self.progress_at = now
+        """When an attempt here last ended, or the first of a busy spell started."""
 
     @property
     def queued(self) -> int:
@@ -112,6 +114,8 @@ class Lane:
         self._bucket.try_acquire(now)
         if bucket := self._endpoint_buckets.get(job.endpoint_id):
             bucket.try_acquire(now)
+        if not self.in_flight:
+            self.progress_at = now
         self.in_flight += 1
         self.last_active = now
         return job
@@ -119,8 +123,26 @@ class Lane:
     def done(self, success: bool, now: float) -> None:
         """An attempt of a job from :meth:`take` ended."""
         self.in_flight -= 1
-        self.last_active = now
+        self.last_active = self.progress_at = now
         self.breaker.record(success, now)
+
+    def blocked(self, now: float, after: float) -> bool:
+        """Jobs wait, none may start, and no attempt has ended for ``after`` seconds.
+
+        None may start: every slot is taken, or the breaker is half-open with
+        its probe out. Such a host takes nothing for now (it hangs, or answers
+        slower than anyone waits for): the jobs queued here would only sit,
+        holding capacity that other hosts could use.
+        """
+        return (
+            self._queued > 0
+            and self.in_flight > 0
+            and (
+                self.in_flight >= self.policy.concurrency
+                or self.breaker.state is not BreakerState.CLOSED
+            )
+            and now - self.progress_at >= after
+        )
 
     def idle(self, now: float, after: float) -> bool:
         """Nothing queued or in flight for ``after`` seconds, and the breaker closed.

@@ -5,7 +5,10 @@ inserts). Capacity is what keeps memory bounded and hosts apart: at most
 ``max_in_flight`` deliveries are out of the database at once, and no origin
 holds more than ``max_in_flight_per_host`` of them, so a slow host cannot take
 the capacity of the others, and a high-priority event for a busy host waits
-behind at most that many (its lane then puts it first).
+behind at most that many (its lane then puts it first). A host whose
+deliveries came back unattempted (its breaker open, or every slot stuck)
+holds no more than ``max_in_flight_blocked_host`` until one succeeds, so that
+twenty hanging hosts cannot hold the whole capacity either.
 
 Synchronous and Ray-free: the scheduler actor runs it in a worker thread.
 """
@@ -32,6 +35,10 @@ class Capacity:
     max_in_flight_per_host: int = 1_000
     claim_batch: int = 1_000
     lease: timedelta = timedelta(seconds=60)
+    max_in_flight_blocked_host: int = 16
+    """What a host may hold once its deliveries came back unattempted (its
+    breaker open, or every slot stuck), until one of them succeeds: enough
+    for its probe and its slots, not enough to hold the others up."""
 
 
 class Scheduler:
@@ -44,6 +51,8 @@ class Scheduler:
         self._held: dict[int, tuple[str, datetime]] = {}
         """Each delivery out of the database: its origin and when its lease expires."""
         self._per_origin: Counter[str] = Counter()
+        self._blocked: set[str] = set()
+        """Origins whose deliveries came back unattempted since their last success."""
         self._next_sweep: datetime | None = None
         self._worth_claiming = True
 
@@ -72,8 +81,7 @@ class Scheduler:
         if limit <= 0:
             self._worth_claiming = True
             return []
-        cap = self.capacity.max_in_flight_per_host
-        full = [o for o, n in self._per_origin.items() if n >= cap]
+        full = [o for o, n in self._per_origin.items() if n >= self._cap(o)]
         with Session(self.engine) as session:
             jobs = deliveries.claim(
                 session,
@@ -81,13 +89,19 @@ class Scheduler:
                 limit=limit,
                 lease=self.capacity.lease,
                 exclude_origins=full,
-                room=lambda origin: cap - self._per_origin[origin],
+                room=lambda origin: self._cap(origin) - self._per_origin[origin],
             )
         self._track(((job.delivery_id, job.origin) for job in jobs), now + self.capacity.lease)
+        # A blocked host at its cap frees room only by answering, which record() notices.
         self._worth_claiming = len(jobs) >= limit or any(
-            n >= cap for n in self._per_origin.values()
+            n >= self._cap(o) for o, n in self._per_origin.items() if o not in self._blocked
         )
         return jobs
+
+    def _cap(self, origin: str) -> int:
+        if origin in self._blocked:
+            return self.capacity.max_in_flight_blocked_host
+        return self.capacity.max_in_flight_per_host
 
     def record(self, results: Sequence[Result], now: datetime) -> list[str]:
         """Write a batch of results; return the endpoints this disabled."""
@@ -95,6 +109,11 @@ class Scheduler:
         failed: set[str] = set()
         gone: set[str] = set()
         for r in results:
+            if r.blocked:
+                self._blocked.add(r.job.origin)
+            elif r.status is DeliveryStatus.SUCCEEDED and r.job.origin in self._blocked:
+                self._blocked.discard(r.job.origin)
+                self._worth_claiming = True  # what it left waiting may come out again
             if r.status is DeliveryStatus.SUCCEEDED:
                 succeeded.add(r.job.endpoint_id)
             elif r.attempted:

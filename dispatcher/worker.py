@@ -52,6 +52,14 @@ class WorkerPolicy:
     flush_size: int = 1000
     forget_lanes_after: float = 600.0
     """Seconds a lane may sit idle (closed breaker) before its host is forgotten."""
+    hand_back_after: float = 5.0
+    """Seconds a lane may wait with every slot stuck before its queue goes back.
+
+    A host that takes nothing (it hangs, or its probe does) would otherwise
+    hold its whole share of the dispatcher's capacity until its attempts time
+    out; a handful of such hosts would hold all of it, and every other host
+    would wait for them.
+    """
 
 
 class DeliveryWorker:
@@ -82,6 +90,7 @@ class DeliveryWorker:
         self._flusher: asyncio.Task[None] | None = None
         self._full = asyncio.Event()
         self._swept = clock()
+        self._watchdog: asyncio.Task[None] | None = None
 
     # -- what the actor exposes -------------------------------------------------
 
@@ -100,6 +109,8 @@ class DeliveryWorker:
             touched.add(job.origin)
         for origin in touched:
             self._wake(origin)
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch())
 
     def forget(self, endpoint_ids: Iterable[str]) -> int:
         """Hand back the queued jobs of these endpoints unattempted (changed or removed)."""
@@ -148,6 +159,8 @@ class DeliveryWorker:
 
     async def close(self) -> None:
         """Stop pumping and attempting, report what is buffered, close the transport."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for task in [*self._pumps.values(), *self._tasks]:
             task.cancel()
         await asyncio.gather(*self._pumps.values(), *self._tasks, return_exceptions=True)
@@ -171,7 +184,7 @@ class DeliveryWorker:
             if lane.parked(now):
                 reopens_at = lane.breaker.reopens_at or now
                 due = self._wall() + timedelta(seconds=reopens_at - now)
-                self._release(lane.drain(), due)
+                self._release(lane.drain(), due, blocked=True)
                 return
             got = lane.take(now)
             if isinstance(got, Job):
@@ -184,6 +197,23 @@ class DeliveryWorker:
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=got)
+
+    async def _watch(self) -> None:
+        """Hand back the queues of blocked lanes, checking twice per ``hand_back_after``.
+
+        Back in the database they are due when every attempt in flight there
+        has ended, by answer or by timeout; till one of them succeeds, the
+        scheduler lets that host hold no more than a few (see ``Capacity``).
+        """
+        after = self.policy.hand_back_after
+        while self._lanes:
+            await asyncio.sleep(after / 2)
+            now = self._clock()
+            for lane in list(self._lanes.values()):
+                if lane.blocked(now, after):
+                    due = self._wall() + timedelta(seconds=self.policy.attempt_timeout)
+                    self._release(lane.drain(), due, blocked=True)
+                    self._changed[lane.origin].set()
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -249,9 +279,17 @@ class DeliveryWorker:
 
     # -- results ----------------------------------------------------------------
 
-    def _release(self, jobs: list[Job], due: datetime) -> None:
+    def _release(self, jobs: list[Job], due: datetime, *, blocked: bool = False) -> None:
         for job in jobs:
-            self._emit(Result(job=job, status=DeliveryStatus.PENDING, due_at=due, attempted=False))
+            self._emit(
+                Result(
+                    job=job,
+                    status=DeliveryStatus.PENDING,
+                    due_at=due,
+                    attempted=False,
+                    blocked=blocked,
+                )
+            )
 
     def _emit(self, result: Result) -> None:
         self._results.append(result)

@@ -127,7 +127,8 @@ class Result:
 
     ``status`` is the delivery's new status; ``due_at`` is set when it is
     ``pending`` again. ``attempted`` is False when the job was only released
-    (a parked lane, a forgotten endpoint): no attempt is recorded or counted.
+    (a parked or blocked lane, a forgotten endpoint): no attempt is recorded
+    or counted.
     """
 
     job: Job
@@ -139,6 +140,8 @@ class Result:
     error: str | None = None
     duration_ms: int = 0
     gone: bool = False
+    blocked: bool = False
+    """Handed back because its host takes nothing now (breaker open, every slot stuck)."""
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:

@@ -194,6 +194,40 @@ def test_failed_probe_parks_the_lane_for_a_longer_cool_down() -> None:
     assert taken(lane, 32.0) == 4
 
 
+def test_a_lane_is_blocked_once_every_slot_has_been_stuck_for_a_while() -> None:
+    lane = lane_with([job(i) for i in range(1, 6)], LanePolicy(concurrency=2, rate=1000.0))
+    assert [taken(lane, 0.0), taken(lane, 1.0)] == [1, 2]
+    assert not lane.blocked(4.99, after=5.0)  # the busy spell began with the first, at 0
+    assert lane.blocked(5.0, after=5.0)
+    lane.done(True, 6.0)  # an answer: the host is taking work after all
+    assert not lane.blocked(6.0, after=0.0)  # and a slot is free
+    assert taken(lane, 6.0) == 3
+    assert not lane.blocked(10.99, after=5.0)
+    assert lane.blocked(11.0, after=5.0)
+    assert lane.drain()
+    assert not lane.blocked(11.0, after=5.0)  # nothing waits: nothing to hold
+
+
+def test_a_lane_with_free_slots_is_not_blocked_however_long_it_waits() -> None:
+    # Held back by the rate limit, not by the host.
+    lane = lane_with([job(i) for i in range(1, 4)], LanePolicy(concurrency=5, rate=0.01))
+    assert taken(lane, 0.0) == 1
+    assert lane.take(50.0) == pytest.approx(50.0)
+    assert not lane.blocked(50.0, after=5.0)
+
+
+def test_a_lane_waiting_on_its_probe_is_blocked_after_a_while() -> None:
+    policy = LanePolicy(concurrency=10, rate=1000.0, breaker=BREAKER)
+    lane = lane_with([job(i) for i in range(1, 6)], policy)
+    for delivery_id in (1, 2):
+        assert taken(lane, 0.0) == delivery_id
+    lane.done(False, 1.0)
+    lane.done(False, 1.0)
+    assert taken(lane, 11.0) == 3  # the probe; one slot of ten in use
+    assert not lane.blocked(15.99, after=5.0)
+    assert lane.blocked(16.0, after=5.0)
+
+
 def test_breaker_stays_closed_while_successes_break_the_run() -> None:
     lane = lane_with([job(i) for i in range(1, 6)], LanePolicy(concurrency=1, breaker=BREAKER))
     for delivery_id, success in ((1, False), (2, True), (3, False), (4, True)):

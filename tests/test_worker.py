@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from standardwebhooks import Webhook
@@ -111,6 +111,7 @@ class Rig:
         flush_interval: float = 0.001,
         flush_size: int = 500,
         sink: Sink | None = None,
+        hand_back_after: float = 5.0,
     ) -> DeliveryWorker:
         policy = WorkerPolicy(
             lanes=lanes or LanePolicy(),
@@ -118,6 +119,7 @@ class Rig:
             user_agent=USER_AGENT,
             flush_interval=flush_interval,
             flush_size=flush_size,
+            hand_back_after=hand_back_after,
         )
         worker = DeliveryWorker(
             MockTransport(handler),
@@ -423,6 +425,58 @@ async def test_open_breaker_hands_back_the_queue_unattempted(rig: Rig) -> None:
     await rig.sink.until(7)
     assert not rig.sink.by_id()[7].attempted
     assert attempted == ["evt-1", "evt-2"]
+
+
+async def test_a_host_that_takes_nothing_hands_its_queue_back_and_keeps_its_slots(
+    rig: Rig,
+) -> None:
+    """Every slot stuck: the queue goes back to the database, blocked, due when they end.
+
+    Kept, it would hold capacity that other hosts need, for as long as the
+    stuck attempts take to time out.
+    """
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def hangs(request: Request) -> Response:
+        started.append(request.headers["webhook-id"])
+        await release.wait()
+        return ok()
+
+    worker = rig.worker(hangs, LanePolicy(concurrency=2), hand_back_after=0.05)
+    worker.submit([job(i) for i in range(1, 6)] + [job(6, origin=B)])
+    results = await rig.sink.until(3)
+
+    assert sorted(r.job.delivery_id for r in results) == [3, 4, 5]
+    for result in results:
+        assert not result.attempted
+        assert result.blocked
+        assert result.status is PENDING
+        assert result.due_at == rig.wall + timedelta(seconds=worker.policy.attempt_timeout)
+    assert sorted(worker.held()) == [(1, A), (2, A), (6, B)]
+    assert sorted(started) == ["evt-1", "evt-2", "evt-6"]
+
+    release.set()  # the stuck attempts end after all: reported as usual
+    done = await rig.sink.until(6)
+    assert {r.job.delivery_id: r.status for r in done if r.attempted} == {
+        1: SUCCEEDED,
+        2: SUCCEEDED,
+        6: SUCCEEDED,
+    }
+
+
+async def test_a_busy_host_that_answers_keeps_its_queue(rig: Rig) -> None:
+    async def slowish(request: Request) -> Response:
+        await asyncio.sleep(0.02)
+        return ok()
+
+    # 30 answers of 20 ms take 0.6 s in the one slot: the queue waits longer
+    # than hand_back_after, but never without an answer for that long.
+    worker = rig.worker(slowish, LanePolicy(concurrency=1), hand_back_after=0.25)
+    worker.submit([job(i) for i in range(1, 31)])
+    results = await rig.sink.until(30)
+    assert all(r.attempted for r in results)
+    assert all(r.status is SUCCEEDED for r in results)
 
 
 async def test_held_lists_queued_and_in_flight(rig: Rig) -> None:
