@@ -28,6 +28,12 @@ later, then come retries and probes), and the round with the median
 20-30 % within a minute, which one pair alone would read as isolation, or
 hide. Every round is in the result (``rounds``); ``lost`` counts them all.
 
+``--hanging`` and ``--failing`` change the shares of bad hosts, and
+``--max-in-flight`` / ``--max-in-flight-per-host`` the service's capacity:
+with half the hosts hanging and the capacity scaled down to what they can
+fill, the run shows whether hanging hosts can hold the capacity the healthy
+ones need (see "What limits the numbers" in ``benchmarks/README.md``).
+
 By default events are posted flat out, faster than they can be delivered, so
 latency is mostly the time the backlog takes to drain; ``--ingest-rate``
 paces the posts below the delivery rate to compare latency without a backlog.
@@ -54,17 +60,28 @@ from dispatcher.actors import shard
 from models.endpoints import origin_of
 
 
-def behaviours(hosts: int) -> list[str]:
-    """10 % hanging, 10 % failing (at least one each), the rest healthy, evenly mixed.
+def behaviours(hosts: int, hanging: float = 0.1, failing: float = 0.1) -> list[str]:
+    """That share of hosts hanging and failing (at least one of each asked for), evenly mixed.
 
     Evenly, because events are posted host by host: bad hosts bunched at the
     front would have their events ingested first, and every healthy delivery
     of the phase would start that much later.
     """
-    bad = max(1, round(hosts * 0.1))
+
+    def count(share: float) -> int:
+        return max(1, round(hosts * share)) if share > 0 else 0
+
+    # Each kind spread over its own range, hanging first where they tie.
+    bad = sorted(
+        ((k + 0.5) / n, order, kind)
+        for order, (kind, n) in enumerate((("hang", count(hanging)), ("error", count(failing))))
+        for k in range(n)
+    )
+    if len(bad) >= hosts:
+        raise ValueError("no healthy host would be left to measure")
     mix = ["ok"] * hosts
-    for k in range(2 * bad):
-        mix[int((k + 0.5) * hosts / (2 * bad))] = "hang" if k % 2 == 0 else "error"
+    for k, (_, _, kind) in enumerate(bad):
+        mix[int((k + 0.5) * hosts / len(bad))] = kind
     return mix
 
 
@@ -155,6 +172,10 @@ async def run(
     attempt_timeout: float,
     hang: float,
     ingest_rate: float | None,
+    hanging: float = 0.1,
+    failing: float = 0.1,
+    max_in_flight: int | None = None,
+    max_in_flight_per_host: int | None = None,
 ) -> dict[str, Any]:
     """Run both phases ``rounds`` times, each pair on a service of its own; return the result."""
     info = machine()
@@ -162,7 +183,11 @@ async def run(
         "SENTINMAIL_HOST_RATE_LIMIT": str(host_rate_limit),
         "SENTINMAIL_ATTEMPT_TIMEOUT": str(attempt_timeout),
     }
-    bad_mix = behaviours(hosts)
+    if max_in_flight is not None:
+        env["SENTINMAIL_MAX_IN_FLIGHT"] = str(max_in_flight)
+    if max_in_flight_per_host is not None:
+        env["SENTINMAIL_MAX_IN_FLIGHT_PER_HOST"] = str(max_in_flight_per_host)
+    bad_mix = behaviours(hosts, hanging, failing)
     steady = [b == "ok" for b in bad_mix]
     options: dict[str, Any] = {
         "events": events,
@@ -223,6 +248,7 @@ async def run(
         "bad_hosts": {"hang": bad_mix.count("hang"), "error": bad_mix.count("error")},
         "attempt_timeout_s": attempt_timeout,
         "hang_s": hang,
+        "capacity": {"max_in_flight": max_in_flight, "per_host": max_in_flight_per_host},
         "host_rate_limit": host_rate_limit,
         "ingest_rate": ingest_rate,
         "peak_rss_mb": round(peak_rss / 2**20, 1),
@@ -244,6 +270,10 @@ def main() -> None:
     parser.add_argument(
         "--ingest-rate", type=float, default=None, help="events posted per s (default: flat out)"
     )
+    parser.add_argument("--hanging", type=float, default=0.1, help="share of hosts that hang")
+    parser.add_argument("--failing", type=float, default=0.1, help="share that answer 500")
+    parser.add_argument("--max-in-flight", type=int, default=None, help="the service's")
+    parser.add_argument("--max-in-flight-per-host", type=int, default=None, help="the service's")
     bench_main("isolation", parser, run)
 
 
