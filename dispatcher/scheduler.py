@@ -5,10 +5,12 @@ inserts). Capacity is what keeps memory bounded and hosts apart: at most
 ``max_in_flight`` deliveries are out of the database at once, and no origin
 holds more than ``max_in_flight_per_host`` of them, so a slow host cannot take
 the capacity of the others, and a high-priority event for a busy host waits
-behind at most that many (its lane then puts it first). A host whose
-deliveries came back unattempted (its breaker open, or every slot stuck)
-holds no more than ``max_in_flight_blocked_host`` until one succeeds, so that
-twenty hanging hosts cannot hold the whole capacity either.
+behind at most that many (its lane then puts it first). That share is for
+hosts that deliver: a host holds no more than ``max_in_flight_unproven_host``
+(its slots' worth) until one of its deliveries succeeds, and again from when
+its work comes back unattempted (its breaker open, or every slot stuck) to
+its next success, so that twenty hanging hosts cannot hold the whole
+capacity either, whether they hung from the start or began to later.
 
 Synchronous and Ray-free: the scheduler actor runs it in a worker thread.
 """
@@ -35,10 +37,10 @@ class Capacity:
     max_in_flight_per_host: int = 1_000
     claim_batch: int = 1_000
     lease: timedelta = timedelta(seconds=60)
-    max_in_flight_blocked_host: int = 16
-    """What a host may hold once its deliveries came back unattempted (its
-    breaker open, or every slot stuck), until one of them succeeds: enough
-    for its probe and its slots, not enough to hold the others up."""
+    max_in_flight_unproven_host: int = 16
+    """What a host may hold until one of its deliveries succeeds, and again once
+    its work came back unattempted: enough for its slots, not enough to hold
+    the others up."""
 
 
 class Scheduler:
@@ -51,8 +53,8 @@ class Scheduler:
         self._held: dict[int, tuple[str, datetime]] = {}
         """Each delivery out of the database: its origin and when its lease expires."""
         self._per_origin: Counter[str] = Counter()
-        self._blocked: set[str] = set()
-        """Origins whose deliveries came back unattempted since their last success."""
+        self._proven: set[str] = set()
+        """Origins with a success since this scheduler started or their work last came back."""
         self._next_sweep: datetime | None = None
         self._worth_claiming = True
 
@@ -92,16 +94,15 @@ class Scheduler:
                 room=lambda origin: self._cap(origin) - self._per_origin[origin],
             )
         self._track(((job.delivery_id, job.origin) for job in jobs), now + self.capacity.lease)
-        # A blocked host at its cap frees room only by answering, which record() notices.
         self._worth_claiming = len(jobs) >= limit or any(
-            n >= self._cap(o) for o, n in self._per_origin.items() if o not in self._blocked
+            n >= self._cap(o) for o, n in self._per_origin.items()
         )
         return jobs
 
     def _cap(self, origin: str) -> int:
-        if origin in self._blocked:
-            return self.capacity.max_in_flight_blocked_host
-        return self.capacity.max_in_flight_per_host
+        if origin in self._proven:
+            return self.capacity.max_in_flight_per_host
+        return min(self.capacity.max_in_flight_unproven_host, self.capacity.max_in_flight_per_host)
 
     def record(self, results: Sequence[Result], now: datetime) -> list[str]:
         """Write a batch of results; return the endpoints this disabled."""
@@ -109,15 +110,13 @@ class Scheduler:
         failed: set[str] = set()
         gone: set[str] = set()
         for r in results:
-            if r.blocked:
-                self._blocked.add(r.job.origin)
-            elif r.status is DeliveryStatus.SUCCEEDED and r.job.origin in self._blocked:
-                self._blocked.discard(r.job.origin)
-                self._worth_claiming = True  # what it left waiting may come out again
             if r.status is DeliveryStatus.SUCCEEDED:
                 succeeded.add(r.job.endpoint_id)
+                self._proven.add(r.job.origin)
             elif r.attempted:
                 failed.add(r.job.endpoint_id)
+            if r.blocked:
+                self._proven.discard(r.job.origin)
             if r.gone:
                 gone.add(r.job.endpoint_id)
             if r.status is DeliveryStatus.PENDING and r.due_at is not None and r.due_at <= now:

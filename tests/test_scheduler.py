@@ -282,14 +282,14 @@ def scheduler(
     max_in_flight: int = 100,
     max_in_flight_per_host: int = 100,
     claim_batch: int = 100,
-    max_in_flight_blocked_host: int = 16,
+    max_in_flight_unproven_host: int = 100,
 ) -> Scheduler:
     capacity = Capacity(
         max_in_flight,
         max_in_flight_per_host,
         claim_batch,
         lease=LEASE,
-        max_in_flight_blocked_host=max_in_flight_blocked_host,
+        max_in_flight_unproven_host=max_in_flight_unproven_host,
     )
     return Scheduler(engine, capacity, disable_after)
 
@@ -354,43 +354,44 @@ def test_a_host_never_holds_more_than_its_cap(engine: Engine, account: str) -> N
     assert s.in_flight == 3
 
 
-def test_a_host_that_handed_its_work_back_holds_only_a_few_until_one_succeeds(
+def test_a_host_holds_only_its_slots_worth_until_one_of_its_deliveries_succeeds(
     engine: Engine, account: str
 ) -> None:
     """Twenty hanging hosts at their full share would hold all of the capacity.
 
-    Once a host's queue comes back unattempted (its lane was blocked, or its
-    breaker open), it holds no more than its slots' worth; the other hosts
-    keep their full share; its first success gives it its share back.
+    So the share is for hosts that deliver: until a host's first success, and
+    again once its work comes back unattempted (a blocked or parked lane), it
+    holds no more than its slots' worth.
     """
     make_endpoint(engine, account, "https://hangs.example/")
     make_events(engine, account, *["opened"] * 10)
-    s = scheduler(engine, max_in_flight_per_host=100, max_in_flight_blocked_host=2)
-    now = utcnow()
-    first = s.claim(now)
-    assert len(first) == 10
-    in_flight, queued = first[:2], first[2:]
-    handed_back = [
-        Result(j, DeliveryStatus.PENDING, now, attempted=False, blocked=True) for j in queued
-    ]
-    s.record(handed_back, now)
-    assert s.in_flight == 2
-    assert s.claim(now) == []  # due again, but the host holds its two already
-
     other = make_account(engine, "globex")
     make_endpoint(engine, other, "https://fine.example/")
     make_events(engine, other, *["opened"] * 3)
+    s = scheduler(engine, max_in_flight_per_host=100, max_in_flight_unproven_host=2)
     now = utcnow()
-    fine = s.claim(now)
-    assert len(fine) == 3
-    assert {j.origin for j in fine} == {"https://fine.example:443"}
-
-    s.record([fail(in_flight[0], now)], now)  # an answer, but not a success
-    assert len(s.claim(now)) == 1
+    first = s.claim(now)
+    assert (
+        sorted(j.origin for j in first)
+        == ["https://fine.example:443"] * 2 + ["https://hangs.example:443"] * 2
+    )
     assert s.claim(now) == []
-    s.record([settle(in_flight[1], now)], now)
-    assert s.worth_claiming
-    assert len(s.claim(now)) == 7  # the rest of what it handed back
+
+    hangs = [j for j in first if j.origin == "https://hangs.example:443"]
+    s.record([fail(hangs[0], now)], now)  # an answer, but not a success: still unproven
+    assert [j.origin for j in s.claim(now)] == ["https://hangs.example:443"]
+    s.record([settle(hangs[1], now)], now)
+    rest = s.claim(now)
+    assert len(rest) == 7  # the 10, less the failed one (due tomorrow) and the settled one
+    assert {j.origin for j in rest} == {"https://hangs.example:443"}
+
+    # Its lane was blocked: the queued ones come back, and so does the small share.
+    handed_back = [
+        Result(j, DeliveryStatus.PENDING, now, attempted=False, blocked=True) for j in rest[1:]
+    ]
+    s.record(handed_back, now)
+    assert s.in_flight == 2 + 2  # fine.example's two, and hangs.example's first and one of rest
+    assert s.claim(now) == []  # due again, but hangs.example holds its two already
 
 
 def test_record_frees_only_what_the_scheduler_holds(engine: Engine, account: str) -> None:
