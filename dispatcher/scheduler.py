@@ -7,7 +7,7 @@ holds more than ``max_in_flight_per_host`` of them, so a slow host cannot take
 the capacity of the others, and a high-priority event for a busy host waits
 behind at most that many (its lane then puts it first). That share is for
 hosts that deliver: a host holds no more than ``max_in_flight_unproven_host``
-(its slots' worth) until one of its deliveries succeeds, and again from when
+(a few times its slots) until one of its deliveries succeeds, and again from when
 its work comes back unattempted (its breaker open, or every slot stuck) to
 its next success, so that twenty hanging hosts cannot hold the whole
 capacity either, whether they hung from the start or began to later.
@@ -37,10 +37,11 @@ class Capacity:
     max_in_flight_per_host: int = 1_000
     claim_batch: int = 1_000
     lease: timedelta = timedelta(seconds=60)
-    max_in_flight_unproven_host: int = 16
+    max_in_flight_unproven_host: int = 64
     """What a host may hold until one of its deliveries succeeds, and again once
-    its work came back unattempted: enough for its slots, not enough to hold
-    the others up."""
+    its work came back unattempted: enough to keep its slots busy until its
+    first success is known (four times their number, by default), not enough
+    to hold the others up."""
 
 
 class Scheduler:
@@ -94,8 +95,11 @@ class Scheduler:
                 room=lambda origin: self._cap(origin) - self._per_origin[origin],
             )
         self._track(((job.delivery_id, job.origin) for job in jobs), now + self.capacity.lease)
+        # Any result frees room under the per-host cap. Under an unproven host's
+        # smaller one, only a success makes room worth claiming: record() notices.
+        cap = self.capacity.max_in_flight_per_host
         self._worth_claiming = len(jobs) >= limit or any(
-            n >= self._cap(o) for o, n in self._per_origin.items()
+            n >= cap for n in self._per_origin.values()
         )
         return jobs
 
@@ -112,7 +116,10 @@ class Scheduler:
         for r in results:
             if r.status is DeliveryStatus.SUCCEEDED:
                 succeeded.add(r.job.endpoint_id)
-                self._proven.add(r.job.origin)
+                if r.job.origin not in self._proven:
+                    if self._per_origin[r.job.origin] >= self._cap(r.job.origin):
+                        self._worth_claiming = True  # its small share may have left work waiting
+                    self._proven.add(r.job.origin)
             elif r.attempted:
                 failed.add(r.job.endpoint_id)
             if r.blocked:

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         return Capacity(
             max_in_flight=self.max_in_flight,
             max_in_flight_per_host=self.max_in_flight_per_host,
-            max_in_flight_unproven_host=self.host_concurrency,
+            max_in_flight_unproven_host=4 * self.host_concurrency,
             lease=timedelta(seconds=self.lease_seconds),
         )
 

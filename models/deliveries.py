@@ -320,21 +320,31 @@ def claim(
         return []
     connection, db = driver(session)
     excluded = list(exclude_origins)
-    params: tuple[Any, ...] = (db.time(now),)
-    if excluded:
-        params += (db.values(excluded),)
-    rows = connection.exec_driver_sql(_claim_sql(db, bool(excluded)), (*params, limit))
-    jobs = [Job(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9].encode()) for r in rows]
-    if room is not None:
-        left: dict[str, int] = {}
-        kept = []
-        for job in jobs:
-            if job.origin not in left:
-                left[job.origin] = room(job.origin)
-            if left[job.origin] > 0:
-                left[job.origin] -= 1
-                kept.append(job)
-        jobs = kept
+    left: dict[str, int] = {}
+    jobs: list[Job] = []
+    while len(jobs) < limit:
+        # Rows of an origin past its room are dropped; the origin is then
+        # excluded and the search goes on, so that the rows of a few hosts
+        # at the front of the queue cannot use up the whole batch.
+        want = limit - len(jobs)
+        params: tuple[Any, ...] = (db.time(now),)
+        if excluded:
+            params += (db.values(excluded),)
+        rows = connection.exec_driver_sql(_claim_sql(db, bool(excluded)), (*params, want)).all()
+        full: set[str] = set()
+        for r in rows:
+            if room is not None:
+                origin = r[4]
+                if origin not in left:
+                    left[origin] = room(origin)
+                if left[origin] <= 0:
+                    full.add(origin)
+                    continue
+                left[origin] -= 1
+            jobs.append(Job(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9].encode()))
+        if len(rows) < want or not full:
+            break
+        excluded.extend(full)
     if jobs:
         ids = db.values([j.delivery_id for j in jobs])
         connection.exec_driver_sql(_lease_sql(db), (db.time(now + lease), db.time(now), ids))

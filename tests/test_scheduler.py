@@ -376,11 +376,14 @@ def test_a_host_holds_only_its_slots_worth_until_one_of_its_deliveries_succeeds(
         == ["https://fine.example:443"] * 2 + ["https://hangs.example:443"] * 2
     )
     assert s.claim(now) == []
+    assert not s.worth_claiming  # more comes out only after a success
 
     hangs = [j for j in first if j.origin == "https://hangs.example:443"]
     s.record([fail(hangs[0], now)], now)  # an answer, but not a success: still unproven
+    assert not s.worth_claiming
     assert [j.origin for j in s.claim(now)] == ["https://hangs.example:443"]
     s.record([settle(hangs[1], now)], now)
+    assert s.worth_claiming
     rest = s.claim(now)
     assert len(rest) == 7  # the 10, less the failed one (due tomorrow) and the settled one
     assert {j.origin for j in rest} == {"https://hangs.example:443"}
@@ -392,6 +395,20 @@ def test_a_host_holds_only_its_slots_worth_until_one_of_its_deliveries_succeeds(
     s.record(handed_back, now)
     assert s.in_flight == 2 + 2  # fine.example's two, and hangs.example's first and one of rest
     assert s.claim(now) == []  # due again, but hangs.example holds its two already
+
+
+def test_a_host_out_of_room_does_not_use_up_the_claim_batch(engine: Engine, account: str) -> None:
+    make_endpoint(engine, account, "https://first.example/")
+    make_events(engine, account, *["opened"] * 10)  # at the front of the queue
+    other = make_account(engine, "globex")
+    make_endpoint(engine, other, "https://later.example/")
+    make_events(engine, other, *["opened"] * 3)
+    s = scheduler(engine, claim_batch=5, max_in_flight_unproven_host=3)
+    jobs = s.claim(utcnow())
+    assert (
+        sorted(j.origin for j in jobs)
+        == ["https://first.example:443"] * 3 + ["https://later.example:443"] * 2
+    )
 
 
 def test_record_frees_only_what_the_scheduler_holds(engine: Engine, account: str) -> None:
