@@ -10,7 +10,9 @@ hosts that deliver: a host holds no more than ``max_in_flight_unproven_host``
 (a few times its slots) until one of its deliveries succeeds, and again from when
 its work comes back unattempted (its breaker open, or every slot stuck) to
 its next success, so that twenty hanging hosts cannot hold the whole
-capacity either, whether they hung from the start or began to later.
+capacity either, whether they hung from the start or began to later. Work
+that came back so rests in the database until it is due again: nothing more
+of that host is claimed before then, to be handed straight back.
 
 Synchronous and Ray-free: the scheduler actor runs it in a worker thread.
 """
@@ -56,6 +58,12 @@ class Scheduler:
         self._per_origin: Counter[str] = Counter()
         self._proven: set[str] = set()
         """Origins with a success since this scheduler started or their work last came back."""
+        self._resting: dict[str, datetime] = {}
+        """Origins whose work came back unattempted, and when it is due again.
+
+        Until then nothing more of theirs is claimed: their lane would only
+        hand it straight back (its breaker open) or let it sit (its slots stuck).
+        """
         self._next_sweep: datetime | None = None
         self._worth_claiming = True
 
@@ -84,7 +92,9 @@ class Scheduler:
         if limit <= 0:
             self._worth_claiming = True
             return []
+        self._resting = {o: until for o, until in self._resting.items() if until > now}
         full = [o for o, n in self._per_origin.items() if n >= self._cap(o)]
+        full += [o for o in self._resting if o not in self._per_origin]
         with Session(self.engine) as session:
             jobs = deliveries.claim(
                 session,
@@ -104,6 +114,8 @@ class Scheduler:
         return jobs
 
     def _cap(self, origin: str) -> int:
+        if origin in self._resting:
+            return 0
         if origin in self._proven:
             return self.capacity.max_in_flight_per_host
         return min(self.capacity.max_in_flight_unproven_host, self.capacity.max_in_flight_per_host)
@@ -124,6 +136,9 @@ class Scheduler:
                 failed.add(r.job.endpoint_id)
             if r.blocked:
                 self._proven.discard(r.job.origin)
+                if r.due_at is not None and r.due_at > now:
+                    until = self._resting.get(r.job.origin, r.due_at)
+                    self._resting[r.job.origin] = max(until, r.due_at)
             if r.gone:
                 gone.add(r.job.endpoint_id)
             if r.status is DeliveryStatus.PENDING and r.due_at is not None and r.due_at <= now:

@@ -397,6 +397,27 @@ def test_a_host_holds_only_its_slots_worth_until_one_of_its_deliveries_succeeds(
     assert s.claim(now) == []  # due again, but hangs.example holds its two already
 
 
+def test_work_handed_back_for_later_keeps_the_rest_of_its_host_in_the_database_till_then(
+    engine: Engine, account: str
+) -> None:
+    """A parked lane hands back whatever reaches it: claiming more for it would only bounce."""
+    make_endpoint(engine, account, "https://down.example/")
+    make_events(engine, account, *["opened"] * 6)
+    s = scheduler(engine, max_in_flight_unproven_host=2)
+    now = utcnow()
+    first = s.claim(now)
+    assert len(first) == 2
+    reopens = now + timedelta(seconds=30)
+    s.record(
+        [Result(j, DeliveryStatus.PENDING, reopens, attempted=False, blocked=True) for j in first],
+        now,
+    )
+    assert s.in_flight == 0
+    assert s.claim(now) == []  # four more are due, but their host rests till it reopens
+    assert s.claim(now + timedelta(seconds=29)) == []
+    assert len(s.claim(reopens)) == 2  # then a small share again, the oldest first
+
+
 def test_a_host_out_of_room_does_not_use_up_the_claim_batch(engine: Engine, account: str) -> None:
     make_endpoint(engine, account, "https://first.example/")
     make_events(engine, account, *["opened"] * 10)  # at the front of the queue
