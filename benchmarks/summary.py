@@ -85,7 +85,9 @@ def draw(directory: Path) -> Path:
     rate_ax.bar_label(right, fmt="%.0f", fontsize=7)
     rate_ax.set_ylabel("healthy deliveries/s")
     isolation_ax.set_xticks(list(xs), groups)
-    isolation_ax.legend(handles=[left, right], fontsize=7)
+    isolation_ax.legend(handles=[left, right], fontsize=7, loc="upper center")
+    for ax, values in ((isolation_ax, p99), (rate_ax, rate)):
+        ax.set_ylim(top=max(values, default=1) * 1.15)  # room for the labels
     isolation_ax.set_title("The same 40 hosts, beside 10 healthy, then 5 hanging + 5 failing")
 
     priority = load_results(directory, "priority")
