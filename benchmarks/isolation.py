@@ -50,6 +50,7 @@ from benchmarks.harness import (
     Arrivals,
     Bench,
     CpuWindow,
+    Outcome,
     bench_main,
     common_options,
     machine,
@@ -124,12 +125,15 @@ async def phase(
         await posting
     cpu_seconds = cpu.stop()
     outcome = await bench.outcome(arrivals, expected, healthy, ingest.accepted_at)
-    span = outcome.last_arrival - ingest.first_post
     mine = {h.index for h in compared}
     same = await bench.outcome(
         arrivals, {k for k in expected if k[0] in mine}, compared, ingest.accepted_at
     )
-    same_span = same.last_arrival - ingest.first_post
+
+    def per_s(counted: Outcome) -> float:
+        span = counted.last_arrival - ingest.first_post
+        return round(len(counted.delivered) / span, 1) if span > 0 else 0.0
+
     bad = {h.index: b for h, b in zip(hosts, behaviour, strict=True) if b != "ok"}
     requests_to_bad = {"hang": 0, "error": 0}
     for (host, _), n in arrivals.counts.items():
@@ -140,13 +144,13 @@ async def phase(
         shard(origin_of(f"http://127.0.0.1:{h.port}/hook"), bench.delivery_actors) for h in healthy
     )
     return {
-        "deliveries_per_s": round(len(same.delivered) / same_span, 1) if same_span > 0 else 0.0,
+        "deliveries_per_s": per_s(same),
         "p50_ms": same.p(50),
         "p99_ms": same.p(99),
         "compared_hosts": len(compared),
         "compared_deliveries": len(same.delivered),
         "all_healthy": {
-            "deliveries_per_s": round(len(outcome.delivered) / span, 1) if span > 0 else 0.0,
+            "deliveries_per_s": per_s(outcome),
             "p99_ms": outcome.p(99),
             "hosts": len(healthy),
             "deliveries": len(outcome.delivered),

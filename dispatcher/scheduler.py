@@ -93,8 +93,8 @@ class Scheduler:
             self._worth_claiming = True
             return []
         self._resting = {o: until for o, until in self._resting.items() if until > now}
-        full = [o for o, n in self._per_origin.items() if n >= self._cap(o)]
-        full += [o for o in self._resting if o not in self._per_origin]
+        held = self._per_origin
+        full = [o for o in {*held, *self._resting} if held[o] >= self._cap(o)]
         with Session(self.engine) as session:
             jobs = deliveries.claim(
                 session,
