@@ -332,6 +332,7 @@ def claim(
             params += (db.values(excluded),)
         rows = connection.exec_driver_sql(_claim_sql(db, bool(excluded)), (*params, want)).all()
         full: set[str] = set()
+        taken: list[Job] = []
         for r in rows:
             if room is not None:
                 origin = r[4]
@@ -341,13 +342,16 @@ def claim(
                     full.add(origin)
                     continue
                 left[origin] -= 1
-            jobs.append(Job(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9].encode()))
+            taken.append(Job(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9].encode()))
+        if taken:
+            # Leased before the next search, which would otherwise find them
+            # again (still due) and hand them out twice.
+            ids = db.values([j.delivery_id for j in taken])
+            connection.exec_driver_sql(_lease_sql(db), (db.time(now + lease), db.time(now), ids))
+            jobs.extend(taken)
         if len(rows) < want or not full:
             break
         excluded.extend(full)
-    if jobs:
-        ids = db.values([j.delivery_id for j in jobs])
-        connection.exec_driver_sql(_lease_sql(db), (db.time(now + lease), db.time(now), ids))
     session.commit()
     return jobs
 

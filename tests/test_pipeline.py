@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,8 +71,13 @@ class Api:
         return dict(response.json())
 
     def statuses(self) -> dict[str, int]:
-        with Session(self.engine) as session:
-            return count_by_status(session)
+        return statuses(self.engine)
+
+
+def statuses(engine: Engine) -> dict[str, int]:
+    """How many deliveries stand in each status now."""
+    with Session(engine) as session:
+        return count_by_status(session)
 
 
 def event(type_: str = "opened", **fields: Any) -> dict[str, Any]:
@@ -237,6 +243,48 @@ def test_a_duplicate_event_id_is_delivered_once(
     }
     wait_until(lambda: api.statuses().get("succeeded") == 1)
     assert receiver.count() == 1
+
+
+def test_a_burst_to_many_new_hosts_arrives_once_each(
+    ray_cluster: None, database_url: str, engine: Engine, receivers: Receivers
+) -> None:
+    # Everything is committed before the dispatcher starts, so its first claims meet a
+    # backlog of hosts it has never seen: some fill their small first share, others
+    # (fewer events) do not, and a claim searches on past the full ones.
+    settings = Settings(
+        database_url=database_url,
+        allowed_networks="127.0.0.0/8",
+        ca_bundle=str(receivers.ca_file),
+        retry_schedule="0,0.3,0.3,0.3",
+        attempt_timeout=5.0,
+        lease_seconds=30.0,
+        poll_interval=0.1,
+        delivery_actors=2,
+        host_rate_limit=10_000.0,
+        host_concurrency=4,
+    )
+    hosts = [receivers.start() for _ in range(20)]
+    expected: set[str] = set()
+    with TestClient(create_app(settings, engine)) as client:
+        keys = [{"X-API-Key": make_key(engine, f"burst-{k}")} for k in range(len(hosts))]
+        for host, headers in zip(hosts, keys, strict=True):
+            body = {"url": host.url, "events": ["opened"]}
+            assert client.post(ENDPOINTS, json=body, headers=headers).status_code == 201
+        for _ in range(8):
+            for k, headers in enumerate(keys):  # host k gets k + 1 events a round
+                batch = [event() for _ in range(k + 1)]
+                response = client.post(EVENTS, json=batch, headers=headers)
+                assert response.status_code == 202, response.text
+                expected.update(response.json()["accepted"])
+    assert len(expected) == 8 * 210
+    dispatcher = start_dispatcher(settings, namespace=f"test-{uuid.uuid4().hex[:8]}")
+    try:
+        wait_until(lambda: statuses(engine) == {"succeeded": len(expected)}, timeout=60)
+    finally:
+        dispatcher.stop()
+    arrivals = Counter(r.headers["webhook-id"] for host in hosts for r in host.received)
+    assert set(arrivals) == expected
+    assert {i: n for i, n in arrivals.items() if n > 1} == {}
 
 
 @pytest.mark.parametrize("victim", ["delivery", "router", "scheduler"])

@@ -432,6 +432,27 @@ def test_a_host_out_of_room_does_not_use_up_the_claim_batch(engine: Engine, acco
     )
 
 
+def test_a_claim_that_searches_past_a_full_host_returns_each_delivery_once(
+    engine: Engine, account: str
+) -> None:
+    # The first search returns the later host's row first and fills the first host:
+    # the second search, past that host, must not find the rows the first one took.
+    other = make_account(engine, "globex")
+    make_endpoint(engine, other, "https://later.example/")
+    make_events(engine, other, "opened", prefix="later")
+    make_endpoint(engine, account, "https://first.example/")
+    make_events(engine, account, *["opened"] * 4)
+    s = scheduler(engine, claim_batch=5, max_in_flight_unproven_host=3)
+    jobs = s.claim(utcnow())
+    ids = [j.delivery_id for j in jobs]
+    assert len(ids) == len(set(ids)) == 4
+    assert s.in_flight == 4
+    assert Counter(j.origin for j in jobs) == {
+        "https://first.example:443": 3,
+        "https://later.example:443": 1,
+    }
+
+
 def test_record_frees_only_what_the_scheduler_holds(engine: Engine, account: str) -> None:
     make_endpoint(engine, account)
     make_events(engine, account, "opened", "opened")
