@@ -156,10 +156,15 @@ async def phase(
             "deliveries": len(outcome.delivered),
         },
         "lost": outcome.lost,
+        "duplicates": outcome.duplicates,
         "requests_to_bad_hosts": requests_to_bad,
         "busiest_actor_share": round(max(shares.values()) / len(healthy), 3),
         "cpu_seconds": cpu_seconds,
     }
+
+
+# What every round reports of each phase.
+_ROUND_FIELDS = ("deliveries_per_s", "p99_ms", "lost", "duplicates")
 
 
 async def run(
@@ -238,10 +243,11 @@ async def run(
         "p99_ratio": ratio(with_bad["p99_ms"], healthy["p99_ms"]),
         "all_healthy_throughput_ratio": sorted(all_healthy)[len(all_healthy) // 2],
         "lost": sum(phase["lost"] for phase in phases),
+        "duplicates": sum(phase["duplicates"] for phase in phases),
         "rounds": [
             {
-                "healthy_only": {key: ok[key] for key in ("deliveries_per_s", "p99_ms", "lost")},
-                "with_bad_hosts": {key: bad[key] for key in ("deliveries_per_s", "p99_ms", "lost")},
+                "healthy_only": {key: ok[key] for key in _ROUND_FIELDS},
+                "with_bad_hosts": {key: bad[key] for key in _ROUND_FIELDS},
                 "throughput_ratio": round_ratio,
                 "all_healthy_throughput_ratio": aggregate,
             }

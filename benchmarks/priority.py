@@ -72,6 +72,7 @@ async def run(
             "p50_ms": outcome.p(50),
             "p99_ms": outcome.p(99),
             "lost": outcome.lost,
+            "duplicates": outcome.duplicates,
         }
 
     high_p99, low_p99 = high_outcome.p(99), low_outcome.p(99)
@@ -82,6 +83,7 @@ async def run(
         "low_p99_ms": low_p99,
         "ratio": round(high_p99 / low_p99, 4) if low_p99 else 0.0,
         "lost": low_outcome.lost + high_outcome.lost,
+        "duplicates": low_outcome.duplicates + high_outcome.duplicates,
         "low": {"events": events, **summary(low_outcome)},
         "high": {"events": high, **summary(high_outcome)},
         "hosts": hosts,

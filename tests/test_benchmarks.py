@@ -46,6 +46,7 @@ FIELDS: dict[str, set[str]] = {
         "raw_cpu_ms",
         "worker_limit_per_s",
         "worker_cpu_ms",
+        "duplicates",
     },
     "isolation": {
         "healthy_only",
@@ -54,8 +55,9 @@ FIELDS: dict[str, set[str]] = {
         "p99_ratio",
         "all_healthy_throughput_ratio",
         "lost",
+        "duplicates",
     },
-    "priority": {"high_p99_ms", "low_p99_ms", "ratio", "lost"},
+    "priority": {"high_p99_ms", "low_p99_ms", "ratio", "lost", "duplicates"},
     "recovery": {"accepted", "delivered", "lost", "duplicates"},
 }
 
@@ -96,6 +98,8 @@ def test_benchmark_runs_and_loses_nothing(name: str, runs: dict[str, Any]) -> No
     assert json.loads((results / f"{name}.json").read_text()) == result
     assert FIELDS[name] <= result.keys()
     assert result["lost"] == 0
+    if name != "recovery":  # no fault is injected: every delivery arrives once
+        assert result["duplicates"] == 0
     if name == "throughput":
         assert result["deliveries"] == result["events"] == 200
     if name == "isolation":
