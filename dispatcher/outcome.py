@@ -14,18 +14,30 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
-from dispatcher.errors import AttemptTimeout, ConnectError, DestinationRefused, TLSError
+from dispatcher.errors import (
+    AttemptTimeout,
+    ConnectError,
+    DestinationRefused,
+    InvalidHeader,
+    InvalidResponse,
+    ResponseTooLarge,
+    TLSError,
+)
 
 # Only these statuses mean "come back later" (RFC 9110 §10.2.3, RFC 6585 §4);
 # elsewhere Retry-After would let any receiver stretch our schedule.
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 
-# (kind, label, separator before the error's own message)
+# (kind, label, separator before the error's own message); the first that matches
+# wins, so a subclass comes before its base.
 _TRANSPORT_REASONS: tuple[tuple[type[Exception], str, str], ...] = (
     (AttemptTimeout, "timeout", " after "),
     (ConnectError, "connection failed", ": "),
     (TLSError, "TLS error", ": "),
     (DestinationRefused, "destination refused", ": "),
+    (InvalidHeader, "request not sent", ": "),
+    (ResponseTooLarge, "response too large", ": "),
+    (InvalidResponse, "invalid response", ": "),
 )
 
 

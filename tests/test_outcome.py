@@ -11,6 +11,9 @@ from dispatcher.errors import (
     ConnectError,
     DestinationRefused,
     DispatchError,
+    InvalidHeader,
+    InvalidResponse,
+    ResponseTooLarge,
     TLSError,
     TransportError,
 )
@@ -115,6 +118,27 @@ class _Unmapped(Exception):
         (ConnectError(), "connection failed"),
         (TLSError("certificate verify failed"), "TLS error: certificate verify failed"),
         (DestinationRefused("10.0.0.1 is private"), "destination refused: 10.0.0.1 is private"),
+        (AttemptTimeout("15 s (no response)"), "timeout after 15 s (no response)"),
+        (
+            AttemptTimeout("15 s (HTTP 200, body incomplete)"),
+            "timeout after 15 s (HTTP 200, body incomplete)",
+        ),
+        (
+            InvalidHeader("the value of 'x-token' contains a line break or NUL"),
+            "request not sent: the value of 'x-token' contains a line break or NUL",
+        ),
+        (
+            ResponseTooLarge("header section over 64 KiB"),
+            "response too large: header section over 64 KiB",
+        ),
+        (
+            ResponseTooLarge("body over 64 KiB (HTTP 500)"),
+            "response too large: body over 64 KiB (HTTP 500)",
+        ),
+        (
+            InvalidResponse("Expected HTTP/, RTSP/ or ICE/"),
+            "invalid response: Expected HTTP/, RTSP/ or ICE/",
+        ),
         (TransportError("half a response"), "TransportError: half a response"),
         (DispatchError("odd"), "DispatchError: odd"),
         (_Unmapped("boom"), "_Unmapped: boom"),
