@@ -600,7 +600,7 @@ async def worker_limit(
             if reported >= len(jobs):
                 finished.set()
 
-        transport = HttpTransport(AddressPolicy(allow_private=True), user_agent="bench")
+        transport = HttpTransport(AddressPolicy(allow_private=True))
         worker = DeliveryWorker(transport, sink, policy)
         started, cpu = time.monotonic(), time.process_time()
         worker.submit(jobs)

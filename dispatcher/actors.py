@@ -24,7 +24,7 @@ from typing import Any
 import ray
 
 from dispatcher.scheduler import Scheduler
-from dispatcher.settings import USER_AGENT, Settings
+from dispatcher.settings import Settings
 from dispatcher.transport import HttpTransport
 from dispatcher.worker import DeliveryWorker
 from models.base import utcnow
@@ -182,9 +182,7 @@ class DeliveryActor:
     def __init__(self, settings: Settings, scheduler_name: str, namespace: str) -> None:
         self.settings = settings
         self.scheduler = _Lookup(scheduler_name, namespace)
-        transport = HttpTransport(
-            settings.address_policy(), ca_bundle=settings.ca_bundle, user_agent=USER_AGENT
-        )
+        transport = HttpTransport(settings.address_policy(), ca_bundle=settings.ca_bundle)
         self.worker = DeliveryWorker(transport, self._report, settings.worker_policy())
         self._heartbeat = asyncio.get_running_loop().create_task(self._renew_leases())
 

@@ -10,6 +10,7 @@ parser exceptions become ``dispatcher.errors``.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import time
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Protocol
 
-import httptools
 from yarl import URL
 
 from dispatcher.errors import (
@@ -26,11 +26,13 @@ from dispatcher.errors import (
     ConnectError,
     DestinationRefused,
     DispatchError,
+    InvalidHeader,
     TLSError,
 )
-from dispatcher.http1 import Answer, Connection, Origin, Pool
+from dispatcher.http1 import BODY_KEPT, Answer, Connection, Origin, Pool
 
 __all__ = [
+    "BODY_KEPT",
     "AddressPolicy",
     "HttpTransport",
     "MockTransport",
@@ -43,9 +45,12 @@ __all__ = [
 ]
 
 _SCHEMES = frozenset({"http", "https"})
-# Enough to let a small response finish so its connection returns to the pool;
-# anything bigger is cut off and the connection closed instead.
+# Enough for any answer a receiver means (an error page, a JSON echo); past it the
+# attempt fails and the connection is closed (``dispatcher.http1``).
 _BODY_LIMIT = 64 * 1024
+# Request headers that frame the message: the transport writes them, no caller may.
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.1, a field name
 # Checked URLs kept per transport (one per endpoint URL); cleared when full.
 _URL_CACHE = 10_000
 # DNS64 synthesises these for IPv4-only hosts; what matters is the embedded IPv4.
@@ -64,11 +69,18 @@ class Request:
 
 @dataclass(frozen=True)
 class Response:
-    """What an attempt got back: status, headers (lower-cased keys), seconds taken."""
+    """What an attempt got back: status, headers (lower-cased keys), seconds taken, body start."""
 
     status: int
     headers: Mapping[str, str]
     elapsed: float
+    body_start: bytes = b""
+    """The body's first ``BODY_KEPT`` (1,024) bytes, as they came; the rest was read and dropped.
+
+    Bytes, not text: the charset is the receiver's to declare, and the cut may
+    split a character. Whoever shows it decodes it (UTF-8 with
+    ``errors="replace"`` is the usual choice).
+    """
 
 
 class Transport(Protocol):
@@ -174,6 +186,20 @@ class _Target:
     """The request line and the Host header."""
 
 
+@dataclass(slots=True)
+class _Progress:
+    """How far one attempt got, for the message of its timeout."""
+
+    connecting: bool = False
+    connection: Connection | None = None
+
+    def stage(self) -> str:
+        if self.connection is not None:
+            return self.connection.stage()
+        # Both are on our side: DNS, TCP and TLS, or this transport's own limit of attempts.
+        return "connecting" if self.connecting else "waiting for a free slot"
+
+
 class HttpTransport:
     """The real transport: keep-alive HTTP/1.1 (``dispatcher.http1``) behind the SSRF guard.
 
@@ -183,6 +209,19 @@ class HttpTransport:
     second lookup for a rebinding DNS server to answer. Checked answers are
     kept ``dns_ttl`` seconds. At most ``limit`` attempts run at once; a
     connection idle for ``keepalive`` seconds is closed.
+
+    The request's timeout covers the whole attempt: DNS, connecting, TLS,
+    sending and the whole response. Headers are sent as given (the worker
+    sets ``user-agent``); ``Host`` and ``Content-Length`` are the transport's.
+
+    One resend: a request written on a kept-alive connection that gets no
+    byte of answer before the server closes that connection is sent once
+    more, on a new connection, within the same timeout. Servers close idle
+    connections when they please, and one closing just as the request
+    arrives has not read it: without the resend that would be a failed
+    attempt for nothing. But a server that read the request, acted on it
+    and closed without answering gets it twice (same ``webhook-id``, which
+    is what receivers deduplicate on). A fresh connection is never resent.
     """
 
     def __init__(
@@ -191,7 +230,6 @@ class HttpTransport:
         *,
         ca_bundle: str | None = None,
         limit: int = 1000,
-        user_agent: str,
         resolver: Resolver | None = None,
         dns_ttl: float = 10.0,
         keepalive: float = 15.0,
@@ -201,35 +239,39 @@ class HttpTransport:
         if ca_bundle is not None:
             self._ssl.load_verify_locations(cafile=ca_bundle)
         self._slots = asyncio.Semaphore(limit)
-        self._agent = f"User-Agent: {user_agent}\r\n"
         self._resolver = resolver or SystemResolver()
         self._dns_ttl = dns_ttl
         self._pool = Pool(keepalive=keepalive, max_idle=limit)
         # An endpoint is attempted many times: parse and check its URL once.
         self._targets: dict[str, _Target] = {}
         self._addresses: dict[str, tuple[float, list[str]]] = {}
+        # Header names already found sendable (a handful: the worker's).
+        self._names: set[str] = set()
 
     async def send(self, request: Request) -> Response:
         """POST ``request`` without following redirects; see ``Transport.send``."""
         started = time.monotonic()
         deadline = asyncio.timeout(request.timeout)
+        progress = _Progress()
         try:
             target = self._targets.get(request.url) or self._target(request.url)
             data = self._encode(target, request)
             async with deadline, self._slots:
-                answer = await self._exchange(target, data)
+                progress.connecting = True
+                answer = await self._exchange(target, data, progress)
         except DispatchError:
             raise
         except TimeoutError as exc:
             if deadline.expired():
                 # Worded for outcome.py, which prints "timeout after <message>".
-                raise AttemptTimeout(f"{request.timeout:g} s") from None
+                raise AttemptTimeout(f"{request.timeout:g} s ({progress.stage()})") from None
             raise ConnectError(_describe(exc)) from exc
         except (ssl.SSLError, ssl.CertificateError) as exc:
             raise TLSError(_describe(exc)) from exc
-        except (OSError, ValueError, httptools.HttpParserError) as exc:
+        except (OSError, ValueError) as exc:
             raise ConnectError(_describe(exc)) from exc
-        return Response(answer.status, answer.headers, time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        return Response(answer.status, answer.headers, elapsed, answer.body_start)
 
     async def close(self) -> None:
         """Close the idle connections; safe to call twice."""
@@ -250,6 +292,7 @@ class HttpTransport:
             except ValueError:
                 raise DestinationRefused(f"{host!r} is not a canonical IP address") from None
             self._policy.check(ip)
+        # yarl drops line breaks from a URL, so this line cannot carry a header of its own.
         start = f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"
         target = _Target((url.scheme, host, url.port), literal, start)
         if len(self._targets) >= _URL_CACHE:
@@ -259,28 +302,45 @@ class HttpTransport:
 
     def _encode(self, target: _Target, request: Request) -> bytes:
         lines = [target.start]
-        agent = self._agent
         for name, value in request.headers.items():
-            if name.lower() == "user-agent":
-                agent = ""
+            if name not in self._names:
+                self._check_name(name)
             lines.append(f"{name}: {value}\r\n")
-        lines.append(f"{agent}Content-Length: {len(request.body)}\r\n\r\n")
+        lines.append(f"Content-Length: {len(request.body)}\r\n\r\n")
         head = "".join(lines)
-        breaks = len(request.headers) + (5 if agent else 4)
-        if head.count("\n") != breaks or head.count("\r") != breaks:
-            raise ValueError("a header name or value contains a line break")
-        return head.encode("latin-1") + request.body
+        # Two scans of a short string, cheaper than checking each value on its own.
+        breaks = len(request.headers) + 4
+        if head.count("\n") != breaks or head.count("\r") != breaks or "\0" in head:
+            raise InvalidHeader(_unsendable(request.headers))
+        try:
+            return head.encode("latin-1") + request.body
+        except UnicodeEncodeError:
+            raise InvalidHeader(_unsendable(request.headers)) from None
 
-    async def _exchange(self, target: _Target, data: bytes) -> Answer:
+    def _check_name(self, name: str) -> None:
+        if _TOKEN.fullmatch(name) is None:
+            raise InvalidHeader(f"{name[:64]!r} is not a header name")
+        if name.lower() in _OWN_HEADERS:
+            raise InvalidHeader(f"{name} is the transport's to set")
+        if len(self._names) >= _URL_CACHE:
+            self._names.clear()
+        self._names.add(name)
+
+    async def _exchange(self, target: _Target, data: bytes, progress: _Progress) -> Answer:
         kept = self._pool.take(target.origin)
         if kept is not None:
+            progress.connection = kept
             try:
                 return await self._use(target, kept, data)
             except OSError:
                 if kept.answered:
                     raise
-                # The server closed the kept connection as we wrote: once more, on a new one.
-        return await self._use(target, await self._connect(target), data)
+                # Closed under the request without a byte of answer: the one resend (see
+                # the class docstring), on a new connection.
+            progress.connection = None
+        connection = await self._connect(target)
+        progress.connection = connection
+        return await self._use(target, connection, data)
 
     async def _use(self, target: _Target, connection: Connection, data: bytes) -> Answer:
         try:
@@ -337,6 +397,17 @@ class HttpTransport:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _unsendable(headers: Mapping[str, str]) -> str:
+    """Which header cannot be sent and why, without its value (it may be a secret)."""
+    for name, value in headers.items():
+        for text, part in ((name, "name"), (value, "value")):
+            if any(char in text for char in "\r\n\0"):
+                return f"the {part} of {name[:64]!r} contains a line break or NUL"
+            if not text.isascii() and any(ord(char) > 0xFF for char in text):
+                return f"the {part} of {name[:64]!r} has characters outside Latin-1"
+    return "a header cannot be sent"
 
 
 class MockTransport:
