@@ -1,7 +1,8 @@
 """The dispatcher's one error tree.
 
 Foreign errors (asyncio, ssl, OSError, the HTTP parser's) are turned into these in one
-place, the transport, so delivery logic only ever catches ours::
+place, the transport (``dispatcher.transport`` and its ``http1``), so delivery logic only
+ever catches ours::
 
     DispatchError
      └── TransportError            the attempt got no usable HTTP response

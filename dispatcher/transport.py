@@ -3,8 +3,9 @@
 Owns the ``Transport`` protocol that delivery logic calls, its real
 implementation over ``dispatcher.http1`` with the SSRF guard
 (``AddressPolicy``, checked on the very addresses connected to), a
-``MockTransport`` for tests, and the one place where asyncio/ssl/OSError and
-parser exceptions become ``dispatcher.errors``.
+``MockTransport`` for tests, and the one place where asyncio, ssl and OSError
+exceptions become ``dispatcher.errors`` (``http1`` raises its refusals of a
+response as ``InvalidResponse`` itself).
 """
 
 from __future__ import annotations

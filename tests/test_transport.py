@@ -73,6 +73,10 @@ class Receiver:
         await self.record(request)
         return web.Response(status=302, headers={"Location": "/target"})
 
+    async def refuse(self, request: web.Request) -> web.Response:
+        await self.record(request)
+        return web.Response(status=400, text="unknown event type ✗ " + "x" * 2000)
+
     async def slow(self, request: web.Request) -> web.Response:
         await asyncio.sleep(30)
         return web.Response()
@@ -93,6 +97,7 @@ async def _serve(ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Rec
     app.router.add_post("/hook", receiver.hook)
     app.router.add_post("/redirect", receiver.redirect)
     app.router.add_post("/target", receiver.hook)
+    app.router.add_post("/refuse", receiver.refuse)
     app.router.add_post("/slow", receiver.slow)
     app.router.add_post("/huge", receiver.huge)
     runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
@@ -182,6 +187,17 @@ async def test_keep_alive_connection_is_reused(
     assert receiver.hits[0].peer_port == receiver.hits[1].peer_port
 
 
+async def test_the_receivers_own_words_come_back_the_first_kib_of_them(
+    receiver: Receiver, make_transport: Callable[..., HttpTransport]
+) -> None:
+    transport = make_transport()
+    response = await post(transport, receiver.url("/refuse"))
+    assert response.status == 400
+    assert response.body_start == ("unknown event type ✗ " + "x" * 2000).encode()[:1024]
+    assert (await post(transport, receiver.url("/hook"))).body_start == b""
+    assert receiver.hits[0].peer_port == receiver.hits[1].peer_port  # the rest was read
+
+
 async def test_redirect_is_returned_not_followed(
     receiver: Receiver, make_transport: Callable[..., HttpTransport]
 ) -> None:
@@ -207,6 +223,20 @@ async def test_body_past_64_kib_fails_the_attempt_at_once(
     transport = make_transport()
     with pytest.raises(ResponseTooLarge, match=r"^body over 64 KiB \(HTTP 200\)$"):
         await post(transport, receiver.url("/huge"), seconds=30)
+    assert (await post(transport, receiver.url("/hook"))).status == 202
+
+
+async def test_a_timeout_waiting_for_the_transports_own_limit_says_so(
+    receiver: Receiver, make_transport: Callable[..., HttpTransport]
+) -> None:
+    transport = make_transport(limit=1)
+    hanging = asyncio.ensure_future(post(transport, receiver.url("/slow"), seconds=3))
+    await asyncio.sleep(0.2)
+    with pytest.raises(AttemptTimeout, match=r"^0\.2 s \(waiting for a free slot\)$"):
+        await post(transport, receiver.url("/hook"), seconds=0.2)
+    hanging.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await hanging
     assert (await post(transport, receiver.url("/hook"))).status == 202
 
 
@@ -391,13 +421,14 @@ async def test_mock_transport_with_sync_and_async_handlers() -> None:
 
     async def async_handler(got: Request) -> Response:
         await asyncio.sleep(0)
-        return Response(503, {"retry-after": "5"}, 0.1)
+        return Response(503, {"retry-after": "5"}, 0.1, body_start=b"down for maintenance")
 
     async def failing_handler(got: Request) -> Response:
         raise AttemptTimeout("simulated")
 
     assert await MockTransport(sync_handler).send(request) == Response(200, {"x-id": "msg_1"}, 0)
-    assert (await MockTransport(async_handler).send(request)).status == 503
+    answered = await MockTransport(async_handler).send(request)
+    assert (answered.status, answered.body_start) == (503, b"down for maintenance")
     failing = MockTransport(failing_handler)
     with pytest.raises(AttemptTimeout):
         await failing.send(request)
