@@ -49,7 +49,7 @@ from dispatcher.lane import LanePolicy
 from dispatcher.signing import new_secret
 from dispatcher.transport import AddressPolicy, HttpTransport
 from dispatcher.worker import DeliveryWorker, WorkerPolicy
-from models.deliveries import Job, Result
+from models.jobs import Job, Result
 
 RESULTS = Path(__file__).parent / "results"
 stderr = Console(stderr=True)

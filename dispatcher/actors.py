@@ -29,7 +29,7 @@ from dispatcher.transport import HttpTransport
 from dispatcher.worker import DeliveryWorker
 from models.base import utcnow
 from models.db import make_engine
-from models.deliveries import Job, Result
+from models.jobs import Job, Result
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from dispatcher.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from dispatcher.bucket import TokenBucket
-from models.deliveries import Job
+from models.jobs import Job
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from models import deliveries, endpoints
-from models.deliveries import DeliveryStatus, Job, Result
+from models.jobs import DeliveryStatus, Job, Result
 
 
 @dataclass(frozen=True)

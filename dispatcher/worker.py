@@ -26,7 +26,7 @@ from dispatcher.outcome import Outcome, Verdict, classify
 from dispatcher.signing import signature_headers
 from dispatcher.transport import Request, Response, Transport
 from models.base import utcnow
-from models.deliveries import DeliveryStatus, Job, Result
+from models.jobs import DeliveryStatus, Job, Result
 
 log = logging.getLogger(__name__)
 

@@ -7,21 +7,18 @@ pending row and an expired lease are claimed alike, so work held by a dead
 actor comes back without any special path. Settled rows (``succeeded``,
 ``failed``, ``cancelled``) leave that index and cost the claim nothing.
 
-The dispatcher moves work as :class:`Job` and :class:`Result` values: plain,
-picklable, batched.
+The dispatcher moves work as :class:`models.jobs.Job` and
+:class:`models.jobs.Result` values, which this module claims and records.
 """
 
 from __future__ import annotations
 
-import copyreg
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from functools import lru_cache
-from operator import attrgetter
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -40,21 +37,11 @@ from sqlmodel import Field, Session, SQLModel, col
 from models.base import UTCDateTime, utcnow
 from models.db import PLACEHOLDERS
 from models.event_types import Priority
+from models.jobs import DeliveryStatus, Job, Result
 
 # SQLite autoincrements only INTEGER PRIMARY KEY; elsewhere rows may outnumber 2**31.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 CHUNK = 500  # ids per IN (...) list
-_T = TypeVar("_T")
-
-
-class DeliveryStatus(StrEnum):
-    """Where a delivery stands."""
-
-    PENDING = "pending"
-    DELIVERING = "delivering"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 OPEN = (DeliveryStatus.PENDING, DeliveryStatus.DELIVERING)
@@ -105,65 +92,10 @@ class Attempt(SQLModel, table=True):
 DELIVERY = Delivery.__table__  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A claimed delivery with everything needed to attempt it."""
-
-    delivery_id: int
-    event_id: str
-    endpoint_id: str
-    url: str
-    origin: str
-    secret: str
-    rate_limit: float | None
-    priority: int
-    attempts: int
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """How a job left the dispatcher: settled, rescheduled, or handed back unattempted.
-
-    ``status`` is the delivery's new status; ``due_at`` is set when it is
-    ``pending`` again. ``attempted`` is False when the job was only released
-    (a parked or blocked lane, a forgotten endpoint): no attempt is recorded
-    or counted.
-    """
-
-    job: Job
-    status: DeliveryStatus
-    due_at: datetime | None
-    attempted: bool = True
-    at: datetime | None = None
-    status_code: int | None = None
-    error: str | None = None
-    duration_ms: int = 0
-    gone: bool = False
-    blocked: bool = False
-    """Handed back because its host takes nothing now (breaker open, every slot stuck)."""
-
-
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     """``items`` in slices of at most ``size``."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-# Jobs and results cross Ray in batches, several times each. Pickled by default, a
-# slotted dataclass is rebuilt from a state list, one setattr per field; as a call
-# of the class with its field values it costs half as much to load.
-def _by_fields(cls: type[_T]) -> Callable[[_T], tuple[type[_T], tuple[Any, ...]]]:
-    values = attrgetter(*(f.name for f in fields(cls)))  # type: ignore[arg-type]
-
-    def reduce(obj: _T) -> tuple[type[_T], tuple[Any, ...]]:
-        return cls, values(obj)
-
-    return reduce
-
-
-copyreg.pickle(Job, _by_fields(Job))
-copyreg.pickle(Result, _by_fields(Result))
 
 
 # --- the hot path: plain SQL, straight to the driver ------------------------------------------

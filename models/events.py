@@ -23,10 +23,11 @@ from sqlmodel import Field, Session, SQLModel, col
 
 from models.base import UTCDateTime, new_id, utcnow
 from models.db import PLACEHOLDERS
-from models.deliveries import DELIVERY, Attempt, Delivery, DeliveryStatus
+from models.deliveries import DELIVERY, Attempt, Delivery
 from models.endpoints import Endpoint
 from models.errors import NotFound
 from models.event_types import EventType
+from models.jobs import DeliveryStatus
 
 MAX_BATCH = 1000
 

@@ -16,9 +16,10 @@ from sqlmodel import Session, select
 from models import accounts
 from models.base import utcnow
 from models.db import make_engine
-from models.deliveries import Delivery, DeliveryStatus, Result, claim, record
+from models.deliveries import Delivery, claim, record
 from models.event_types import EventType
 from models.events import Event, EventIn, Ingested, ingest
+from models.jobs import DeliveryStatus, Result
 
 EVENTS = "/api/emails/events/"
 ENDPOINTS = "/api/emails/webhook-endpoints/"

@@ -6,7 +6,7 @@ import pytest
 
 from dispatcher.breaker import BreakerPolicy
 from dispatcher.lane import Lane, LanePolicy
-from models.deliveries import Job
+from models.jobs import Job
 
 ORIGIN = "https://hooks.example"
 # Limits far from the numbers a test uses, so only the limit under test can hold a job back.

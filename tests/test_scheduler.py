@@ -15,10 +15,11 @@ from sqlmodel import Session, col, select
 from dispatcher.scheduler import Capacity, Scheduler
 from models import accounts, deliveries, endpoints
 from models.base import UTCDateTime, utcnow
-from models.deliveries import Attempt, Delivery, DeliveryStatus, Job, Result
+from models.deliveries import Attempt, Delivery
 from models.endpoints import Endpoint, EndpointCreate, origin_of
 from models.event_types import EventType, Priority
 from models.events import Event, EventIn, ingest
+from models.jobs import DeliveryStatus, Job, Result
 
 ALL_EVENTS = list(EventType)
 LEASE = timedelta(seconds=60)

@@ -20,7 +20,7 @@ from dispatcher.lane import LanePolicy
 from dispatcher.signing import new_secret
 from dispatcher.transport import MockTransport, Request, Response
 from dispatcher.worker import DeliveryWorker, Sink, WorkerPolicy
-from models.deliveries import DeliveryStatus, Job, Result
+from models.jobs import DeliveryStatus, Job, Result
 
 PENDING, SUCCEEDED, FAILED = DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED
 SECRET = new_secret(bytes(range(32)))
