@@ -46,9 +46,9 @@ from benchmarks import load
 from benchmarks.load import Host
 from benchmarks.service import Sampler, Service, process_cpu
 from dispatcher.lane import LanePolicy
-from dispatcher.signing import new_secret
 from dispatcher.transport import AddressPolicy, HttpTransport
 from dispatcher.worker import DeliveryWorker, WorkerPolicy
+from models.endpoints import new_secret
 from models.jobs import Job, Result
 
 RESULTS = Path(__file__).parent / "results"

@@ -1,30 +1,18 @@
-"""Endpoint secrets and Standard Webhooks signatures.
+"""Standard Webhooks signatures of a delivery.
 
 Every delivery carries ``webhook-id``, ``webhook-timestamp`` and
 ``webhook-signature`` as the Standard Webhooks specification defines them, so
 any receiver can verify with the ``standardwebhooks`` package or Svix's
 libraries. The HMAC itself is the package's; this module only fixes how we
-call it. Time and randomness come in as arguments.
+call it. Time comes in as an argument.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import secrets
 from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
-
-SECRET_PREFIX = "whsec_"
-SECRET_BYTES = 32
-
-
-def new_secret(raw: bytes | None = None) -> str:
-    """Return a fresh endpoint secret, ``whsec_`` + base64 of 32 random bytes."""
-    if raw is None:
-        raw = secrets.token_bytes(SECRET_BYTES)
-    return SECRET_PREFIX + base64.b64encode(raw).decode("ascii")
 
 
 @functools.lru_cache(maxsize=4096)

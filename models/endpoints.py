@@ -8,6 +8,8 @@ account's endpoint is indistinguishable from one that does not exist.
 
 from __future__ import annotations
 
+import base64
+import secrets
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -17,13 +19,25 @@ from pydantic import Field as PydanticField
 from sqlalchemy import JSON, Index, func
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from dispatcher.signing import new_secret
 from models.base import UTCDateTime, new_id, utcnow
 from models.deliveries import cancel_open, driver
 from models.errors import InvalidInput, NotFound
 from models.event_types import EventType
 
 MAX_URL_LENGTH = 2048
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = 32
+
+
+def new_secret(raw: bytes | None = None) -> str:
+    """Return a fresh endpoint secret, ``whsec_`` + base64 of 32 random bytes.
+
+    The Standard Webhooks form: ``standardwebhooks.Webhook`` and Svix's
+    libraries take it as it is.
+    """
+    if raw is None:
+        raw = secrets.token_bytes(SECRET_BYTES)
+    return SECRET_PREFIX + base64.b64encode(raw).decode("ascii")
 
 
 def _check_url(url: str) -> str:

@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from typer.testing import CliRunner
 
 from dispatcher.listen import listen, make_receiver
-from dispatcher.signing import new_secret, signature_headers
+from dispatcher.signing import signature_headers
+from models.endpoints import new_secret
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENT = {

@@ -9,7 +9,8 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from dispatcher.signing import new_secret, signature_headers
+from dispatcher.signing import signature_headers
+from models.endpoints import new_secret
 
 SECRET = new_secret(bytes(range(32)))
 BODY = b'{"id":"evt-1","type":"opened"}'

@@ -17,9 +17,9 @@ from dispatcher.backoff import RetrySchedule
 from dispatcher.breaker import BreakerPolicy
 from dispatcher.errors import AttemptTimeout, ConnectError
 from dispatcher.lane import LanePolicy
-from dispatcher.signing import new_secret
 from dispatcher.transport import MockTransport, Request, Response
 from dispatcher.worker import DeliveryWorker, Sink, WorkerPolicy
+from models.endpoints import new_secret
 from models.jobs import DeliveryStatus, Job, Result
 
 PENDING, SUCCEEDED, FAILED = DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED
