@@ -23,10 +23,11 @@ from typing import Any
 
 import ray
 
+from dispatcher.capacity import Capacity
 from dispatcher.scheduler import Scheduler
 from dispatcher.settings import Settings
-from dispatcher.transport import HttpTransport
-from dispatcher.worker import DeliveryWorker
+from dispatcher.transport import AddressPolicy, HttpTransport
+from dispatcher.worker import DeliveryWorker, WorkerPolicy
 from models.base import utcnow
 from models.db import make_engine
 from models.jobs import Job, Result
@@ -77,7 +78,7 @@ class SchedulerActor:
         self.settings = settings
         self.scheduler = Scheduler(
             make_engine(settings.database_url),
-            settings.capacity(),
+            Capacity.from_settings(settings),
             timedelta(seconds=settings.disable_after),
         )
         self.router = _Lookup(router_name, namespace)
@@ -182,8 +183,9 @@ class DeliveryActor:
     def __init__(self, settings: Settings, scheduler_name: str, namespace: str) -> None:
         self.settings = settings
         self.scheduler = _Lookup(scheduler_name, namespace)
-        transport = HttpTransport(settings.address_policy(), ca_bundle=settings.ca_bundle)
-        self.worker = DeliveryWorker(transport, self._report, settings.worker_policy())
+        guard = AddressPolicy(allow_private=settings.dev, allowed_networks=settings.networks())
+        transport = HttpTransport(guard, ca_bundle=settings.ca_bundle)
+        self.worker = DeliveryWorker(transport, self._report, WorkerPolicy.from_settings(settings))
         self._heartbeat = asyncio.get_running_loop().create_task(self._renew_leases())
 
     async def submit(self, jobs: list[Job]) -> None:

@@ -21,29 +21,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from dispatcher.capacity import Capacity
 from models import deliveries, endpoints
 from models.jobs import DeliveryStatus, Job, Result
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """How much work may be out of the database at once."""
-
-    max_in_flight: int = 20_000
-    max_in_flight_per_host: int = 1_000
-    claim_batch: int = 1_000
-    lease: timedelta = timedelta(seconds=60)
-    max_in_flight_unproven_host: int = 64
-    """What a host may hold until one of its deliveries succeeds, and again once
-    its work came back unattempted: enough to keep its slots busy until its
-    first success is known (four times their number, by default), not enough
-    to hold the others up."""
 
 
 class Scheduler:

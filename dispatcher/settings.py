@@ -1,23 +1,21 @@
 """The service's settings: one pydantic-settings class, read from ``SENTINMAIL_*``.
 
 Settings are built by :func:`load_settings` when a command starts, never at
-import, so tests build their own with plain keyword arguments. The methods at
-the bottom turn settings into the policy objects the dispatcher runs on.
+import, so tests build their own with plain keyword arguments. This module
+imports none of the dispatcher's machinery (the API reads settings too): each
+policy builds itself from them (``Capacity.from_settings``,
+``WorkerPolicy.from_settings``).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from importlib.metadata import version
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.backoff import RetrySchedule
-from dispatcher.lane import LanePolicy
-from dispatcher.scheduler import Capacity
-from dispatcher.transport import AddressPolicy, parse_networks
-from dispatcher.worker import WorkerPolicy
 
 DEFAULT_RETRY_SCHEDULE = "0,5,300,1800,7200,18000,36000,50400,72000,86400"
 USER_AGENT = f"SentinMail-Webhooks/{version('sentinmail-webhooks')}"
@@ -91,30 +89,22 @@ class Settings(BaseSettings):
         parse_networks(value)
         return value
 
-    def address_policy(self) -> AddressPolicy:
-        """The SSRF guard's policy."""
-        return AddressPolicy(
-            allow_private=self.dev, allowed_networks=parse_networks(self.allowed_networks)
-        )
+    def networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """``allowed_networks``, parsed: the networks the SSRF guard lets through."""
+        return parse_networks(self.allowed_networks)
 
-    def worker_policy(self) -> WorkerPolicy:
-        """How delivery workers attempt and retry."""
-        return WorkerPolicy(
-            lanes=LanePolicy(concurrency=self.host_concurrency, rate=self.host_rate_limit),
-            schedule=RetrySchedule.parse(self.retry_schedule),
-            attempt_timeout=self.attempt_timeout,
-            max_retry_after=self.max_retry_after,
-            user_agent=USER_AGENT,
-        )
 
-    def capacity(self) -> Capacity:
-        """What the scheduler may hold out of the database."""
-        return Capacity(
-            max_in_flight=self.max_in_flight,
-            max_in_flight_per_host=self.max_in_flight_per_host,
-            max_in_flight_unproven_host=4 * self.host_concurrency,
-            lease=timedelta(seconds=self.lease_seconds),
-        )
+def parse_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Parse a comma-separated list of CIDR networks such as ``"10.0.0.0/8, ::1/128"``."""
+    networks: list[IPv4Network | IPv6Network] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ip_network(item))
+        except ValueError as exc:
+            raise ValueError(f"allowed networks: {item!r} is not a CIDR network ({exc})") from exc
+    return tuple(networks)
 
 
 def load_settings(**overrides: object) -> Settings:

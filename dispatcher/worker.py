@@ -24,6 +24,7 @@ from dispatcher.backoff import DEFAULT_SCHEDULE, RetrySchedule
 from dispatcher.errors import TransportError
 from dispatcher.lane import Lane, LanePolicy
 from dispatcher.outcome import Outcome, Verdict, classify
+from dispatcher.settings import USER_AGENT, Settings
 from dispatcher.signing import signature_headers
 from dispatcher.transport import Request, Response, Transport
 from models.jobs import DeliveryStatus, Job, Result
@@ -61,6 +62,17 @@ class WorkerPolicy:
     out; a handful of such hosts would hold all of it, and every other host
     would wait for them.
     """
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerPolicy:
+        """How delivery workers attempt and retry, as the operator set it."""
+        return cls(
+            lanes=LanePolicy(concurrency=settings.host_concurrency, rate=settings.host_rate_limit),
+            schedule=RetrySchedule.parse(settings.retry_schedule),
+            attempt_timeout=settings.attempt_timeout,
+            max_retry_after=settings.max_retry_after,
+            user_agent=USER_AGENT,
+        )
 
 
 class DeliveryWorker:

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, update
 from sqlmodel import Session, col, select
 
-from dispatcher.scheduler import Capacity, Scheduler
+from dispatcher.capacity import Capacity
+from dispatcher.scheduler import Scheduler
 from models import accounts, deliveries, endpoints
 from models.base import UTCDateTime, utcnow
 from models.deliveries import Attempt, Delivery
