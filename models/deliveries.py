@@ -27,8 +27,6 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
-    func,
-    select,
     text,
     update,
 )
@@ -367,11 +365,3 @@ def cancel_open(session: Session, endpoint_ids: Sequence[str], *, now: datetime)
             .where(col(Delivery.endpoint_id).in_(ids), col(Delivery.status).in_(list(OPEN)))
             .values(status=DeliveryStatus.CANCELLED, updated_at=now)
         )
-
-
-def count_by_status(session: Session) -> dict[str, int]:
-    """How many deliveries stand in each status (for health and tests)."""
-    rows = session.execute(
-        select(col(Delivery.status), func.count()).group_by(col(Delivery.status))
-    ).all()
-    return {str(status): int(n) for status, n in rows}

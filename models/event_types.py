@@ -27,6 +27,3 @@ class Priority(IntEnum):
 
     HIGH = 0
     LOW = 1
-
-
-ALLOWED_EVENT_TYPES = ", ".join(t.value for t in EventType)

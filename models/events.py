@@ -173,13 +173,11 @@ def _timestamp(value: datetime) -> str:
     )
 
 
-def payload_body(event: EventIn, event_id: str, now: datetime) -> str:
-    """The JSON body every delivery of ``event`` sends: the seven public fields, compact."""
-    return _payload_body(event, event_id, _timestamp(now))
-
-
 def _payload_body(event: EventIn, event_id: str, default_timestamp: str) -> str:
-    # ``payload_body``, with the timestamp of events without one formatted once per batch.
+    """The JSON body every delivery of ``event`` sends: the seven public fields, compact.
+
+    ``default_timestamp`` is for events without one: formatted once per batch.
+    """
     return _COMPACT_JSON.encode(
         {
             "id": event_id,

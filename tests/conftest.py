@@ -15,15 +15,16 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, col
 
 import models.tables  # noqa: F401 - the metadata lists every table
 from api.app import create_app
 from dispatcher.settings import Settings
 from models import accounts, migrate
 from models.db import make_engine
+from models.deliveries import Delivery
 
 PG_SERVER = os.environ.get("SENTINMAIL_TEST_DATABASE_URL")
 BACKENDS = ["sqlite", *(["postgresql"] if PG_SERVER else [])]
@@ -104,6 +105,14 @@ def make_key(engine: Engine, account: str) -> str:
     """A new live key of ``account``."""
     with Session(engine) as session:
         return accounts.create_key(session, account)[1]
+
+
+def delivery_statuses(engine: Engine) -> dict[str, int]:
+    """How many deliveries stand in each status now."""
+    with Session(engine) as session:
+        status = col(Delivery.status)
+        rows = session.execute(select(status, func.count()).group_by(status))
+        return {str(status): int(n) for status, n in rows}
 
 
 @pytest.fixture

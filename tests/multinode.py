@@ -31,7 +31,7 @@ from dispatcher.launch import (
 from dispatcher.settings import Settings
 from models import accounts, migrate
 from models.db import make_engine
-from models.deliveries import count_by_status
+from tests.conftest import delivery_statuses
 from tests.receivers import Receivers, wait_until
 
 EVENTS = 600
@@ -93,14 +93,10 @@ def run(database_url: str) -> dict[str, Any]:
         victim = next(n for n in nodes if n.node_id in {w["node"] for w in busy})
         cluster.remove_node(victim)
         report["removed_node"] = victim.node_id
-        with Session(engine) as session:
-            report["succeeded_at_removal"] = count_by_status(session).get("succeeded", 0)
-
-        def all_succeeded() -> bool:
-            with Session(engine) as session:
-                return count_by_status(session) == {"succeeded": EVENTS}
-
-        wait_until(all_succeeded, timeout=120, every=0.5)
+        report["succeeded_at_removal"] = delivery_statuses(engine).get("succeeded", 0)
+        wait_until(
+            lambda: delivery_statuses(engine) == {"succeeded": EVENTS}, timeout=120, every=0.5
+        )
         received = {json.loads(b)["id"] for h in hosts for b in h.bodies()}
         report["accepted"] = len(accepted)
         report["received_distinct"] = len(received & set(accepted))

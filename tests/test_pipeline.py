@@ -17,14 +17,12 @@ import pytest
 import ray
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
-from sqlmodel import Session
 from standardwebhooks import Webhook
 
 from api.app import create_app
 from dispatcher.launch import Dispatcher, start_dispatcher
 from dispatcher.settings import USER_AGENT, Settings
-from models.deliveries import count_by_status
-from tests.conftest import make_key
+from tests.conftest import delivery_statuses, make_key
 from tests.receivers import Receiver, Receivers, fail_first, hang, ok, status, wait_until
 
 pytestmark = pytest.mark.ray
@@ -71,13 +69,7 @@ class Api:
         return dict(response.json())
 
     def statuses(self) -> dict[str, int]:
-        return statuses(self.engine)
-
-
-def statuses(engine: Engine) -> dict[str, int]:
-    """How many deliveries stand in each status now."""
-    with Session(engine) as session:
-        return count_by_status(session)
+        return delivery_statuses(self.engine)
 
 
 def event(type_: str = "opened", **fields: Any) -> dict[str, Any]:
@@ -279,7 +271,7 @@ def test_a_burst_to_many_new_hosts_arrives_once_each(
     assert len(expected) == 8 * 210
     dispatcher = start_dispatcher(settings, namespace=f"test-{uuid.uuid4().hex[:8]}")
     try:
-        wait_until(lambda: statuses(engine) == {"succeeded": len(expected)}, timeout=60)
+        wait_until(lambda: delivery_statuses(engine) == {"succeeded": len(expected)}, timeout=60)
     finally:
         dispatcher.stop()
     arrivals = Counter(r.headers["webhook-id"] for host in hosts for r in host.received)

@@ -21,6 +21,7 @@ from models.endpoints import Endpoint, EndpointCreate, origin_of
 from models.event_types import EventType, Priority
 from models.events import Event, EventIn, ingest
 from models.jobs import DeliveryStatus, Job, Result
+from tests.conftest import delivery_statuses as counts
 
 ALL_EVENTS = list(EventType)
 LEASE = timedelta(seconds=60)
@@ -87,11 +88,6 @@ def endpoint_row(engine: Engine, endpoint_id: str) -> Endpoint:
         endpoint = session.get(Endpoint, endpoint_id)
         assert endpoint is not None
         return endpoint
-
-
-def counts(engine: Engine) -> dict[str, int]:
-    with Session(engine) as session:
-        return deliveries.count_by_status(session)
 
 
 def settle(job: Job, now: datetime, status_code: int = 200) -> Result:
