@@ -5,19 +5,16 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from api import errors
+from api.deps import DispatcherHandle
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
 from api.routes import endpoints, events, health
 from dispatcher.settings import Settings
 from models.db import make_engine, reader
-
-if TYPE_CHECKING:
-    from dispatcher.launch import Dispatcher
 
 ENDPOINT_BODY_LIMIT = 64 * 1024
 EVENTS_BODY_LIMIT = 1024 * 1024
@@ -39,7 +36,7 @@ async def _frozen_heap(_app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(
-    settings: Settings, engine: Engine | None = None, dispatcher: Dispatcher | None = None
+    settings: Settings, engine: Engine | None = None, dispatcher: DispatcherHandle | None = None
 ) -> FastAPI:
     """Build the API on ``settings``; ``engine`` defaults to one on its database URL.
 

@@ -1,9 +1,9 @@
-"""Request dependencies as ``Annotated`` aliases: the session, settings and caller."""
+"""Request dependencies as ``Annotated`` aliases: the session, settings, dispatcher and caller."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
@@ -29,8 +29,33 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+class DispatcherHandle(Protocol):
+    """What the API asks of the dispatcher (``dispatcher.launch.Dispatcher``).
+
+    Every call is fire-and-forget but ``health``: the API never waits on Ray
+    to answer a request.
+    """
+
+    def wake(self) -> None:
+        """New deliveries were committed: claim them now."""
+
+    def forget(self, endpoint_ids: list[str]) -> None:
+        """These endpoints changed or went away: hand back their queued jobs."""
+
+    def health(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Whether each actor answers, with its counts and node."""
+
+
+# Async: FastAPI would run a plain function in its thread pool, a hop per request.
+async def get_dispatcher(request: Request) -> DispatcherHandle | None:
+    """The dispatcher the app was created with; None when it runs elsewhere or not at all."""
+    dispatcher: DispatcherHandle | None = request.app.state.dispatcher
+    return dispatcher
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+DispatcherDep = Annotated[DispatcherHandle | None, Depends(get_dispatcher)]
 
 
 def get_account(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> Account:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from api.deps import AccountDep, SessionDep, SettingsDep
+from api.deps import AccountDep, DispatcherDep, DispatcherHandle, SessionDep, SettingsDep
 from models import endpoints as store
 from models.endpoints import (
     EndpointCreate,
@@ -21,10 +21,10 @@ from models.errors import InvalidInput
 router = APIRouter(prefix="/api/emails/webhook-endpoints", tags=["webhook endpoints"])
 
 
-def _forget(request: Request, endpoint_id: str) -> None:
+def _forget(dispatcher: DispatcherHandle | None, endpoint_id: str) -> None:
     """Queued jobs of a changed endpoint go back to the database and return as it is now."""
-    if request.app.state.dispatcher is not None:
-        request.app.state.dispatcher.forget([endpoint_id])
+    if dispatcher is not None:
+        dispatcher.forget([endpoint_id])
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -75,28 +75,28 @@ def get_endpoint(endpoint_id: str, account: AccountDep, session: SessionDep) -> 
 
 @router.put("/{endpoint_id}/", response_model=EndpointWithSecret, responses=NOT_FOUND)
 def replace_endpoint(
-    request: Request,
     endpoint_id: str,
     body: EndpointReplace,
     account: AccountDep,
     session: SessionDep,
     settings: SettingsDep,
+    dispatcher: DispatcherDep,
 ) -> EndpointWithSecret:
     """Replace the URL and the subscribed events."""
     store.require_scheme(body.url, allow_http=settings.dev)
     endpoint = store.update_endpoint(session, account.id, endpoint_id, dict(body))
-    _forget(request, endpoint_id)
+    _forget(dispatcher, endpoint_id)
     return EndpointWithSecret.model_validate(endpoint, from_attributes=True)
 
 
 @router.patch("/{endpoint_id}/", response_model=EndpointWithSecret, responses=NOT_FOUND)
 def patch_endpoint(
-    request: Request,
     endpoint_id: str,
     body: EndpointPatch,
     account: AccountDep,
     session: SessionDep,
     settings: SettingsDep,
+    dispatcher: DispatcherDep,
 ) -> EndpointWithSecret:
     """Change any of ``url``, ``events``, ``enabled`` and ``rate_limit``.
 
@@ -110,15 +110,15 @@ def patch_endpoint(
     if "url" in changes:
         store.require_scheme(changes["url"], allow_http=settings.dev)
     endpoint = store.update_endpoint(session, account.id, endpoint_id, changes)
-    _forget(request, endpoint_id)
+    _forget(dispatcher, endpoint_id)
     return EndpointWithSecret.model_validate(endpoint, from_attributes=True)
 
 
 @router.delete("/{endpoint_id}/", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 def delete_endpoint(
-    request: Request, endpoint_id: str, account: AccountDep, session: SessionDep
+    endpoint_id: str, account: AccountDep, session: SessionDep, dispatcher: DispatcherDep
 ) -> Response:
     """Delete an endpoint; nothing more is delivered to it."""
     store.delete_endpoint(session, account.id, endpoint_id)
-    _forget(request, endpoint_id)
+    _forget(dispatcher, endpoint_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

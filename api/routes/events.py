@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
-from api.deps import AccountDep, SessionDep
+from api.deps import AccountDep, DispatcherDep, SessionDep
 from models import events as store
 from models.events import EVENT_BATCH, Accepted, EventIn, EventOut
 
@@ -82,10 +82,10 @@ def _parse_and_validate(body: bytes) -> list[EventIn]:
     responses={413: {"description": "Body over 1 MiB."}, 422: {"description": "Invalid event."}},
 )
 def ingest_events(
-    request: Request,
     events: Annotated[list[EventIn], Depends(event_batch)],
     account: AccountDep,
     session: SessionDep,
+    dispatcher: DispatcherDep,
 ) -> Response:
     """Accept events for delivery to every subscribed, enabled endpoint of the account.
 
@@ -93,8 +93,8 @@ def ingest_events(
     is lost. Delivery happens afterwards; follow it with ``GET /api/emails/events/{id}/``.
     """
     result = store.ingest(session, account.id, events)
-    if result.deliveries and request.app.state.dispatcher is not None:
-        request.app.state.dispatcher.wake()
+    if result.deliveries and dispatcher is not None:
+        dispatcher.wake()
     # Serialized here: FastAPI would validate the answer again, in another thread hop.
     accepted = Accepted(
         accepted=result.accepted, duplicates=result.duplicates, deliveries=result.deliveries

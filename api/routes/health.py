@@ -9,11 +9,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.deps import DispatcherDep
+
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
-def healthz(request: Request) -> JSONResponse:
+def healthz(request: Request, dispatcher: DispatcherDep) -> JSONResponse:
     """200 when the database and the dispatcher answer, 503 otherwise; the body says which."""
     body: dict[str, Any] = {"status": "ok", "database": "ok"}
     try:
@@ -21,7 +23,6 @@ def healthz(request: Request) -> JSONResponse:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         body.update(status="unavailable", database=f"error: {type(exc).__name__}")
-    dispatcher = request.app.state.dispatcher
     if dispatcher is None:
         body["dispatcher"] = {"status": "not running in this process"}
     else:
