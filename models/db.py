@@ -28,10 +28,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-# The placeholder of each DBAPI parameter style that takes values in a tuple, for the
-# statements the hot paths send straight to the driver (SQLite's and psycopg's styles).
-PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
-
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "sentinmail_read_only"
 

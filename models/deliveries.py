@@ -13,16 +13,13 @@ The dispatcher moves work as :class:`models.jobs.Job` and
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    Connection,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -33,7 +30,7 @@ from sqlalchemy import (
 from sqlmodel import Field, Session, SQLModel, col
 
 from models.base import UTCDateTime, utcnow
-from models.db import PLACEHOLDERS
+from models.driver import Driver, driver
 from models.event_types import Priority
 from models.jobs import DeliveryStatus, Job, Result
 
@@ -96,67 +93,7 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
-# --- the hot path: plain SQL, straight to the driver ------------------------------------------
-#
-# The scheduler claims and settles every delivery through these statements. Built
-# with SQLAlchemy, its own work cost several times the database's: an IN list was
-# compiled afresh for every claim, and every row of an executemany went through a
-# dict and a type processor per value. So these are plain SQL with positional
-# parameters, written once per backend; a list of values is one parameter (a
-# JSON array on SQLite, an array on PostgreSQL), whatever its length.
-
-
-@dataclass(frozen=True, slots=True)
-class Driver:
-    """How the hot path writes SQL and binds values for one backend (SQLite or PostgreSQL)."""
-
-    postgresql: bool
-    mark: str  # the positional placeholder of the driver's paramstyle
-    # The placeholder of a list: psycopg's binary one, ``%b``, dumps a list of
-    # 300 values in a quarter of the time its text one takes, ``%s``.
-    list_mark: str
-
-    def in_list(self, sql_type: str) -> str:
-        """``IN`` a list bound by :meth:`values` (whose elements PostgreSQL types ``sql_type``)."""
-        if self.postgresql:
-            return f"= ANY({self.list_mark}::{sql_type}[])"
-        return f"IN (SELECT value FROM json_each({self.list_mark}))"
-
-    def values(self, values: Sequence[Any]) -> Any:
-        """``values`` as the one parameter of :meth:`in_list` or of a PostgreSQL ``unnest``."""
-        return list(values) if self.postgresql else json.dumps(values)
-
-    def time(self, value: datetime | None) -> Any:
-        """An aware datetime as :class:`UTCDateTime` binds it (naive UTC text on SQLite)."""
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"expected an aware datetime, got {value!r}")
-        if self.postgresql:
-            return value
-        if value.tzinfo is not UTC:
-            value = value.astimezone(UTC)
-        # SQLAlchemy's SQLite format, "YYYY-MM-DD HH:MM:SS.ffffff", without the "+00:00".
-        return value.isoformat(" ", "microseconds")[:26]
-
-
-def driver(session: Session) -> tuple[Connection, Driver]:
-    """The session's connection (in its transaction) and how to talk to its driver."""
-    connection = session.connection()
-    dialect = connection.dialect
-    return connection, _driver(dialect.name, dialect.driver, dialect.paramstyle)
-
-
-@lru_cache(maxsize=8)
-def _driver(name: str, driver: str, paramstyle: str) -> Driver:
-    if name not in ("sqlite", "postgresql") or paramstyle not in PLACEHOLDERS:
-        raise NotImplementedError(f"the dispatcher supports SQLite and PostgreSQL, not {name}")
-    mark = PLACEHOLDERS[paramstyle]
-    return Driver(
-        postgresql=name == "postgresql",
-        mark=mark,
-        list_mark="%b" if driver == "psycopg" else mark,
-    )
+# --- the hot path: plain SQL, straight to the driver (see models.driver) ---------------------
 
 
 # Written as the partial index's own predicate, in literals: a bound parameter

@@ -20,7 +20,8 @@ from sqlalchemy import JSON, Index, func
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.base import UTCDateTime, new_id, utcnow
-from models.deliveries import cancel_open, driver
+from models.deliveries import cancel_open
+from models.driver import driver
 from models.errors import InvalidInput, NotFound
 from models.event_types import EventType
 
@@ -262,7 +263,7 @@ def record_health(
     and failed in one batch counts as succeeding: it is not down.
 
     Runs for every batch of results, so its statements go straight to the
-    driver (see :func:`models.deliveries.driver`), and write only rows that
+    driver (see :mod:`models.driver`), and write only rows that
     change: a healthy endpoint's row is not rewritten by every success.
     """
     failed = failed - succeeded

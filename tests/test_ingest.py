@@ -15,10 +15,8 @@ from sqlmodel import Session, select
 
 from models import accounts
 from models.base import utcnow
-from models.db import make_engine
 from models.deliveries import Delivery, claim, record
-from models.event_types import EventType
-from models.events import Event, EventIn, Ingested, ingest
+from models.events import Event, Ingested, ingest
 from models.jobs import DeliveryStatus, Result
 
 EVENTS = "/api/emails/events/"
@@ -242,39 +240,6 @@ def test_ingesting_no_events_stores_nothing(engine: Engine, api_key: str) -> Non
         assert account is not None
         assert ingest(session, account.id, []) == Ingested([], [], 0)
     assert count_rows(engine) == (0, 0)
-
-
-def test_a_driver_taking_named_parameters_stores_the_same_rows(
-    backend: str, database_url: str, client: TestClient, api_key: str
-) -> None:
-    # Ingestion hands SQL to the driver itself; pysqlite also takes :name parameters.
-    if backend != "sqlite":
-        pytest.skip("only pysqlite takes both parameter styles")
-    endpoint(client, api_key)
-    at = "2026-04-02T14:30:00Z"
-    accept(client, api_key, [event(id="evt-1", timestamp=at), event(id="evt-2", type="bounced")])
-    named = make_engine(database_url, paramstyle="named")
-    try:
-        with Session(named) as session:
-            account = accounts.authenticate(session, api_key)
-            assert account is not None
-            events = [
-                EventIn(id="evt-2", type=EventType.BOUNCED, recipient="user@example.com"),
-                EventIn(
-                    id="evt-3", type=EventType.OPENED, recipient="user@example.com", timestamp=at
-                ),
-            ]
-            assert ingest(session, account.id, events) == Ingested(["evt-3"], ["evt-2"], 1)
-    finally:
-        named.dispose()
-    first, third = show(client, api_key, "evt-1"), show(client, api_key, "evt-3")
-    assert third["payload"] == {**first["payload"], "id": "evt-3"}
-    (delivery,) = third["deliveries"]
-    assert (delivery["status"], delivery["attempts"]) == ("pending", [])
-    assert delivery["next_attempt_at"] == third["accepted_at"]
-
-
-# --- fan-out -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

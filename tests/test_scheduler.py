@@ -6,16 +6,16 @@ import json
 import pickle
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Engine, create_engine, update
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from dispatcher.capacity import Capacity
 from dispatcher.scheduler import Scheduler
-from models import accounts, deliveries, endpoints
-from models.base import UTCDateTime, utcnow
+from models import accounts, deliveries, driver, endpoints
+from models.base import utcnow
 from models.deliveries import Attempt, Delivery
 from models.endpoints import Endpoint, EndpointCreate, origin_of
 from models.event_types import EventType, Priority
@@ -255,7 +255,7 @@ def test_the_claim_searches_the_open_index_by_priority_and_due_time(
 ) -> None:
     if backend != "sqlite":
         pytest.skip("PostgreSQL's plan depends on its statistics")
-    db = deliveries._driver("sqlite", "pysqlite", "qmark")
+    db = driver._driver("sqlite", "pysqlite", "qmark")
     with engine.connect() as connection:
         plan = [
             row[3]
@@ -937,21 +937,3 @@ def test_jobs_and_results_survive_pickling() -> None:
     for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
         assert pickle.loads(pickle.dumps(job, protocol)) == job
         assert pickle.loads(pickle.dumps(result, protocol)) == result
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC),
-        datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC),  # no microseconds: still written out
-        datetime(2026, 3, 4, 1, 2, 3, 4, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
-        datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
-    ],
-)
-def test_times_are_bound_as_sqlalchemy_binds_them(value: datetime) -> None:
-    for url in ["sqlite://", "postgresql+psycopg://"]:
-        dialect = create_engine(url).dialect  # no connection: only the dialect
-        bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
-        assert bind is not None
-        db = deliveries._driver(dialect.name, dialect.driver, dialect.paramstyle)
-        assert db.time(value) == bind(value)
