@@ -13,8 +13,8 @@ The dispatcher moves work as :class:`models.jobs.Job` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -167,60 +167,32 @@ def _record_sql(db: Driver) -> tuple[str, str]:
     )
 
 
-def claim(
-    session: Session,
-    *,
-    now: datetime,
-    limit: int,
-    lease: timedelta,
-    exclude_origins: Iterable[str] = (),
-    room: Callable[[str], int] | None = None,
-) -> list[Job]:
-    """Lease up to ``limit`` due deliveries, high priority first, and commit.
+def due(session: Session, *, now: datetime, limit: int, excluding: Sequence[str] = ()) -> list[Job]:
+    """Up to ``limit`` due deliveries as jobs, high priority first, oldest first within one.
 
-    Due means pending and due, or leased and expired. ``exclude_origins`` are
-    hosts that already hold their share of the dispatcher's capacity;
-    ``room(origin)``, if given, is how many more an origin may take now: rows
-    past it stay pending, so no host overshoots its share.
+    Due means pending and due, or leased and expired; only enabled endpoints'
+    deliveries, and none of the origins in ``excluding``. On PostgreSQL the rows
+    are locked (``FOR UPDATE SKIP LOCKED``) till the transaction ends, so that
+    concurrent claims take different rows. Lease them (:func:`lease`) before
+    searching again: the next search would otherwise find them again.
     """
     if limit <= 0:
         return []
     connection, db = driver(session)
-    excluded = list(exclude_origins)
-    left: dict[str, int] = {}
-    jobs: list[Job] = []
-    while len(jobs) < limit:
-        # Rows of an origin past its room are dropped; the origin is then
-        # excluded and the search goes on, so that the rows of a few hosts
-        # at the front of the queue cannot use up the whole batch.
-        want = limit - len(jobs)
-        params: tuple[Any, ...] = (db.time(now),)
-        if excluded:
-            params += (db.values(excluded),)
-        rows = connection.exec_driver_sql(_claim_sql(db, bool(excluded)), (*params, want)).all()
-        full: set[str] = set()
-        taken: list[Job] = []
-        for r in rows:
-            if room is not None:
-                origin = r[4]
-                if origin not in left:
-                    left[origin] = room(origin)
-                if left[origin] <= 0:
-                    full.add(origin)
-                    continue
-                left[origin] -= 1
-            taken.append(Job(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9].encode()))
-        if taken:
-            # Leased before the next search, which would otherwise find them
-            # again (still due) and hand them out twice.
-            ids = db.values([j.delivery_id for j in taken])
-            connection.exec_driver_sql(_lease_sql(db), (db.time(now + lease), db.time(now), ids))
-            jobs.extend(taken)
-        if len(rows) < want or not full:
-            break
-        excluded.extend(full)
-    session.commit()
-    return jobs
+    params: tuple[Any, ...] = (db.time(now),)
+    if excluding:
+        params += (db.values(excluding),)
+    rows = connection.exec_driver_sql(_claim_sql(db, bool(excluding)), (*params, limit))
+    return [Job(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9].encode()) for r in rows]
+
+
+def lease(session: Session, delivery_ids: Sequence[int], *, now: datetime, until: datetime) -> None:
+    """Lease these deliveries to the dispatcher until ``until`` (no commit)."""
+    if delivery_ids:
+        connection, db = driver(session)
+        connection.exec_driver_sql(
+            _lease_sql(db), (db.time(until), db.time(now), db.values(delivery_ids))
+        )
 
 
 def renew(session: Session, delivery_ids: Sequence[int], *, until: datetime) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -22,9 +23,10 @@ from sqlmodel import Session, SQLModel, col
 import models.tables  # noqa: F401 - the metadata lists every table
 from api.app import create_app
 from dispatcher.settings import Settings
-from models import accounts, migrate
+from models import accounts, deliveries, migrate
 from models.db import make_engine
 from models.deliveries import Delivery
+from models.jobs import Job
 
 PG_SERVER = os.environ.get("SENTINMAIL_TEST_DATABASE_URL")
 BACKENDS = ["sqlite", *(["postgresql"] if PG_SERVER else [])]
@@ -105,6 +107,21 @@ def make_key(engine: Engine, account: str) -> str:
     """A new live key of ``account``."""
     with Session(engine) as session:
         return accounts.create_key(session, account)[1]
+
+
+def lease_due(
+    session: Session,
+    *,
+    now: datetime,
+    limit: int,
+    lease: timedelta = timedelta(seconds=60),
+    excluding: Sequence[str] = (),
+) -> list[Job]:
+    """Lease up to ``limit`` due deliveries and commit: a claim without capacity rules."""
+    jobs = deliveries.due(session, now=now, limit=limit, excluding=excluding)
+    deliveries.lease(session, [j.delivery_id for j in jobs], now=now, until=now + lease)
+    session.commit()
+    return jobs
 
 
 def delivery_statuses(engine: Engine) -> dict[str, int]:

@@ -15,9 +15,10 @@ from sqlmodel import Session, select
 
 from models import accounts
 from models.base import utcnow
-from models.deliveries import Delivery, claim, record
+from models.deliveries import Delivery, record
 from models.events import Event, Ingested, ingest
 from models.jobs import DeliveryStatus, Result
+from tests.conftest import lease_due
 
 EVENTS = "/api/emails/events/"
 ENDPOINTS = "/api/emails/webhook-endpoints/"
@@ -504,7 +505,8 @@ def test_the_event_view_shows_each_delivery_and_its_attempts(
     retry_at = now + timedelta(minutes=5)
     with Session(engine) as session:
         jobs = {
-            j.endpoint_id: j for j in claim(session, now=now, limit=10, lease=timedelta(seconds=60))
+            j.endpoint_id: j
+            for j in lease_due(session, now=now, limit=10, lease=timedelta(seconds=60))
         }
     assert set(jobs) == {first, second}
     assert set(statuses(client, api_key, "evt-1").values()) == {"delivering"}
@@ -533,7 +535,7 @@ def test_the_event_view_shows_each_delivery_and_its_attempts(
 
     # The retry fails with a status, then a last one succeeds: attempts in order.
     with Session(engine) as session:
-        (retry,) = claim(session, now=retry_at, limit=10, lease=timedelta(seconds=60))
+        (retry,) = lease_due(session, now=retry_at, limit=10, lease=timedelta(seconds=60))
         assert (retry.endpoint_id, retry.attempts) == (first, 1)
         record(
             session,
@@ -561,7 +563,7 @@ def test_removing_an_endpoint_cancels_its_open_deliveries_only(
     accept(client, api_key, [event(id="evt-done"), event(id="evt-open"), event(id="evt-leased")])
     now = utcnow()
     with Session(engine) as session:
-        jobs = claim(session, now=now, limit=10, lease=timedelta(seconds=60))
+        jobs = lease_due(session, now=now, limit=10, lease=timedelta(seconds=60))
         done = [j for j in jobs if j.event_id == "evt-done" and j.endpoint_id == gone]
         record(session, [Result(done[0], DeliveryStatus.SUCCEEDED, None, status_code=200)], now=now)
         # evt-open goes back to pending; evt-leased stays leased to the dispatcher.

@@ -1,15 +1,20 @@
-"""Claims, leases, capacity, results and endpoint health, at the database level."""
+"""The scheduler's database work: claims, leases, results and endpoint health.
+
+The capacity rules themselves are the pure ledger's, tested without a
+database in ``test_capacity.py``; here they are only seen through SQL: rows
+past a host's room stay pending, and a claim that searches on past full hosts
+leases each delivery once.
+"""
 
 from __future__ import annotations
 
 import json
-import pickle
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, text, update
 from sqlmodel import Session, col, select
 
 from dispatcher.capacity import Capacity
@@ -22,6 +27,7 @@ from models.event_types import EventType, Priority
 from models.events import Event, EventIn, ingest
 from models.jobs import DeliveryStatus, Job, Result
 from tests.conftest import delivery_statuses as counts
+from tests.conftest import lease_due
 
 ALL_EVENTS = list(EventType)
 LEASE = timedelta(seconds=60)
@@ -60,9 +66,7 @@ def claim(
     engine: Engine, now: datetime, limit: int = 100, exclude_origins: Sequence[str] = ()
 ) -> list[Job]:
     with Session(engine) as session:
-        return deliveries.claim(
-            session, now=now, limit=limit, lease=LEASE, exclude_origins=exclude_origins
-        )
+        return lease_due(session, now=now, limit=limit, lease=LEASE, excluding=exclude_origins)
 
 
 def set_due(engine: Engine, event_id: str, due_at: datetime) -> None:
@@ -270,7 +274,7 @@ def test_the_claim_searches_the_open_index_by_priority_and_due_time(
     assert not any("TEMP B-TREE" in step for step in plan)
 
 
-# --- the scheduler's capacity ----------------------------------------------------------------
+# --- capacity, as the database sees it ------------------------------------------------------
 
 
 def scheduler(
@@ -292,55 +296,6 @@ def scheduler(
     return Scheduler(engine, capacity, disable_after)
 
 
-def test_the_scheduler_never_holds_more_than_max_in_flight(engine: Engine, account: str) -> None:
-    make_endpoint(engine, account)
-    make_events(engine, account, *["opened"] * 7)
-    s = scheduler(engine, max_in_flight=3, max_in_flight_per_host=100, claim_batch=10)
-    now = utcnow()
-    first = s.claim(now)
-    assert (len(first), s.in_flight) == (3, 3)
-    assert s.claim(now) == []
-    s.record([settle(first[0], now)], now)
-    assert s.in_flight == 2
-    second = s.claim(now)
-    assert (len(second), s.in_flight) == (1, 3)
-    s.record([settle(j, now) for j in [*first[1:], *second]], now)
-    assert s.in_flight == 0
-    assert len(s.claim(now)) == 3
-    assert counts(engine) == {"succeeded": 4, "delivering": 3}
-
-
-def test_the_scheduler_claims_at_most_a_batch(engine: Engine, account: str) -> None:
-    make_endpoint(engine, account)
-    make_events(engine, account, *["opened"] * 5)
-    s = scheduler(engine, max_in_flight=100, max_in_flight_per_host=100, claim_batch=2)
-    now = utcnow()
-    assert [len(s.claim(now)) for _ in range(4)] == [2, 2, 1, 0]
-    assert s.in_flight == 5
-
-
-def test_a_host_at_its_cap_is_skipped_for_the_others(engine: Engine, account: str) -> None:
-    slow = make_endpoint(engine, account, "https://slow.example/a")
-    also_slow = make_endpoint(engine, account, "https://slow.example/b", [EventType.CLICKED])
-    make_events(engine, account, "opened", "clicked", "clicked", prefix="old")
-    fast = make_endpoint(engine, account, "https://fast.example/")
-    make_events(engine, account, "opened", "opened", prefix="new")
-    s = scheduler(engine, max_in_flight=100, max_in_flight_per_host=2, claim_batch=2)
-    now = utcnow()
-
-    first = s.claim(now)  # the oldest: all on slow.example
-    assert {j.origin for j in first} == {"https://slow.example:443"}
-    assert {j.endpoint_id for j in first} <= {slow, also_slow}
-    second = s.claim(now)  # slow.example is full: its older work waits
-    assert {j.endpoint_id for j in second} == {fast}
-    assert sorted(j.event_id for j in second) == ["new-0", "new-1"]
-    assert s.claim(now) == []  # both hosts full
-    s.record([settle(first[0], now)], now)
-    third = s.claim(now)
-    assert third
-    assert {j.origin for j in third} == {"https://slow.example:443"}
-
-
 def test_a_host_never_holds_more_than_its_cap(engine: Engine, account: str) -> None:
     make_endpoint(engine, account, "https://busy.example/")
     make_events(engine, account, *["opened"] * 10)
@@ -350,70 +305,6 @@ def test_a_host_never_holds_more_than_its_cap(engine: Engine, account: str) -> N
     assert s.claim(now) == []
     assert counts(engine) == {"delivering": 3, "pending": 7}
     assert s.in_flight == 3
-
-
-def test_a_host_holds_only_its_slots_worth_until_one_of_its_deliveries_succeeds(
-    engine: Engine, account: str
-) -> None:
-    """Twenty hanging hosts at their full share would hold all of the capacity.
-
-    So the share is for hosts that deliver: until a host's first success, and
-    again once its work comes back unattempted (a blocked or parked lane), it
-    holds no more than its slots' worth.
-    """
-    make_endpoint(engine, account, "https://hangs.example/")
-    make_events(engine, account, *["opened"] * 10)
-    other = make_account(engine, "globex")
-    make_endpoint(engine, other, "https://fine.example/")
-    make_events(engine, other, *["opened"] * 3)
-    s = scheduler(engine, max_in_flight_per_host=100, max_in_flight_unproven_host=2)
-    now = utcnow()
-    first = s.claim(now)
-    assert (
-        sorted(j.origin for j in first)
-        == ["https://fine.example:443"] * 2 + ["https://hangs.example:443"] * 2
-    )
-    assert s.claim(now) == []
-    assert not s.worth_claiming  # more comes out only after a success
-
-    hangs = [j for j in first if j.origin == "https://hangs.example:443"]
-    s.record([fail(hangs[0], now)], now)  # an answer, but not a success: still unproven
-    assert not s.worth_claiming
-    assert [j.origin for j in s.claim(now)] == ["https://hangs.example:443"]
-    s.record([settle(hangs[1], now)], now)
-    assert s.worth_claiming
-    rest = s.claim(now)
-    assert len(rest) == 7  # the 10, less the failed one (due tomorrow) and the settled one
-    assert {j.origin for j in rest} == {"https://hangs.example:443"}
-
-    # Its lane was blocked: the queued ones come back, and so does the small share.
-    handed_back = [
-        Result(j, DeliveryStatus.PENDING, now, attempted=False, blocked=True) for j in rest[1:]
-    ]
-    s.record(handed_back, now)
-    assert s.in_flight == 2 + 2  # fine.example's two, and hangs.example's first and one of rest
-    assert s.claim(now) == []  # due again, but hangs.example holds its two already
-
-
-def test_work_handed_back_for_later_keeps_the_rest_of_its_host_in_the_database_till_then(
-    engine: Engine, account: str
-) -> None:
-    """A parked lane hands back whatever reaches it: claiming more for it would only bounce."""
-    make_endpoint(engine, account, "https://down.example/")
-    make_events(engine, account, *["opened"] * 6)
-    s = scheduler(engine, max_in_flight_unproven_host=2)
-    now = utcnow()
-    first = s.claim(now)
-    assert len(first) == 2
-    reopens = now + timedelta(seconds=30)
-    s.record(
-        [Result(j, DeliveryStatus.PENDING, reopens, attempted=False, blocked=True) for j in first],
-        now,
-    )
-    assert s.in_flight == 0
-    assert s.claim(now) == []  # four more are due, but their host rests till it reopens
-    assert s.claim(now + timedelta(seconds=29)) == []
-    assert len(s.claim(reopens)) == 2  # then a small share again, the oldest first
 
 
 def test_a_host_out_of_room_does_not_use_up_the_claim_batch(engine: Engine, account: str) -> None:
@@ -451,19 +342,6 @@ def test_a_claim_that_searches_past_a_full_host_returns_each_delivery_once(
     }
 
 
-def test_record_frees_only_what_the_scheduler_holds(engine: Engine, account: str) -> None:
-    make_endpoint(engine, account)
-    make_events(engine, account, "opened", "opened")
-    s = scheduler(engine, max_in_flight=1, max_in_flight_per_host=1, claim_batch=10)
-    now = utcnow()
-    (job,) = s.claim(now)
-    s.record([settle(job, now)], now)
-    s.record([settle(job, now)], now)  # a repeated result frees nothing twice
-    assert s.in_flight == 0
-    assert len(s.claim(now)) == 1
-    assert s.in_flight == 1
-
-
 def test_renew_extends_leases_so_they_are_not_reclaimed(engine: Engine, account: str) -> None:
     make_endpoint(engine, account, "https://a.example/")
     make_events(engine, account, "opened", "bounced", "clicked")
@@ -496,102 +374,19 @@ def test_renew_leaves_settled_deliveries_alone(engine: Engine, account: str) -> 
     assert (row.status, row.due_at) == (DeliveryStatus.SUCCEEDED, now + LEASE)
 
 
-def test_renew_re_learns_what_is_in_flight_after_a_restart(engine: Engine, account: str) -> None:
-    make_endpoint(engine, account, "https://a.example/")
-    make_endpoint(engine, account, "https://b.example/")
-    make_events(engine, account, "opened", "opened")
-    now = utcnow()
-    on_a = claim(engine, now, exclude_origins=["https://b.example:443"])
-    assert len(on_a) == len(claim(engine, now + timedelta(seconds=5))) == 2
-
-    # A new scheduler (after a restart) is told what a worker still holds.
-    after = scheduler(engine, max_in_flight=3, max_in_flight_per_host=2, claim_batch=100)
-    held = [(j.delivery_id, j.origin) for j in on_a]
-    renewed_at = now + timedelta(seconds=10)
-    after.renew(held, renewed_at)
-    after.renew(held, renewed_at)  # reported again: counted once
-    assert after.in_flight == 2
-    # b.example's leases have expired, a.example's renewed ones not; only one
-    # slot is left in all.
-    later = now + timedelta(seconds=5) + LEASE
-    reclaimed = after.claim(later)
-    assert [j.origin for j in reclaimed] == ["https://b.example:443"]
-    assert after.in_flight == 3
-    assert after.claim(later) == []
-
-
-def test_a_lease_nobody_renews_stops_holding_a_slot_when_it_expires(
-    engine: Engine, account: str
-) -> None:
-    endpoint_id = make_endpoint(engine, account, "https://a.example/")
-    make_events(engine, account, "opened", "opened", "opened")
-    s = scheduler(engine, max_in_flight=2, max_in_flight_per_host=2, claim_batch=10)
-    now = utcnow()
-    held = s.claim(now)  # their worker dies: no result and no renewal will come
-    assert (len(held), s.in_flight) == (2, 2)
-    assert s.claim(now + LEASE / 2) == []  # still leased, still counted
-
-    back = s.claim(now + LEASE)  # expired: offered again, and counted once
-    assert len(back) == 2
-    assert s.in_flight == 2
-
-    # The endpoint is deleted while they are out: they are cancelled, never
-    # reported, and their slots come back when the leases run out.
-    with Session(engine) as session:
-        deliveries.cancel_open(session, [endpoint_id], now=now + LEASE)
-        session.commit()
-    assert s.claim(now + LEASE + LEASE / 2) == []
-    assert s.in_flight == 2
-    assert s.claim(now + 2 * LEASE) == []
-    assert s.in_flight == 0
-
-
-def test_claiming_is_worth_it_only_when_work_may_be_waiting(engine: Engine, account: str) -> None:
-    make_endpoint(engine, account, "https://a.example/")
-    make_endpoint(engine, account, "https://b.example/")
-    make_events(engine, account, *["opened"] * 3)
-    s = scheduler(engine, max_in_flight=100, max_in_flight_per_host=100, claim_batch=100)
-    assert s.worth_claiming  # nothing is known yet
-    now = utcnow()
-    jobs = s.claim(now)
-    assert len(jobs) == 6
-    assert not s.worth_claiming  # everything due was taken
-    s.record([settle(jobs[0], now), fail(jobs[1], now)], now)
-    assert not s.worth_claiming  # freed room, but nothing waits for it
-    s.record([Result(jobs[2], DeliveryStatus.PENDING, now + DAY, attempted=False)], now)
-    assert not s.worth_claiming  # released until later
-    s.record([Result(jobs[3], DeliveryStatus.PENDING, now, status_code=500)], now)
-    assert s.worth_claiming  # an immediate retry
-    (retry,) = s.claim(now)
-    assert retry.delivery_id == jobs[3].delivery_id
-    assert not s.worth_claiming
-
-
-@pytest.mark.parametrize(
-    ("max_in_flight", "max_in_flight_per_host", "claim_batch"),
-    [(2, 100, 100), (100, 100, 2), (100, 2, 100)],
-    ids=["max in flight", "claim batch", "host cap"],
-)
-def test_a_claim_cut_short_by_capacity_leaves_claiming_worth_it(
-    engine: Engine, account: str, max_in_flight: int, max_in_flight_per_host: int, claim_batch: int
-) -> None:
+def test_concurrent_claims_take_different_rows(engine: Engine, account: str, backend: str) -> None:
+    if backend != "postgresql":
+        pytest.skip("SQLite's writers take turns: a second claim waits for the first")
     make_endpoint(engine, account)
-    make_events(engine, account, *["opened"] * 3)
-    s = scheduler(
-        engine,
-        max_in_flight=max_in_flight,
-        max_in_flight_per_host=max_in_flight_per_host,
-        claim_batch=claim_batch,
-    )
+    make_events(engine, account, *["opened"] * 5)
     now = utcnow()
-    first, _ = s.claim(now)
-    assert s.worth_claiming
-    s.record([settle(first, now)], now)
-    assert s.worth_claiming
-    assert len(s.claim(now)) == 1
-    if max_in_flight == 2:
-        assert s.claim(now) == []  # no room at all: still worth it once room is freed
-        assert s.worth_claiming
+    with Session(engine) as first, Session(engine) as second:
+        mine = deliveries.due(first, now=now, limit=3)  # locked, not yet leased
+        second.execute(text("SET LOCAL lock_timeout = '2s'"))  # a wait fails, not hangs
+        theirs = deliveries.due(second, now=now, limit=10)
+        assert len(mine) == 3
+        assert len(theirs) == 2  # the rows the first claim holds are skipped, not waited for
+        assert {j.delivery_id for j in mine}.isdisjoint(j.delivery_id for j in theirs)
 
 
 # --- recording results -----------------------------------------------------------------------
@@ -905,35 +700,3 @@ def test_endpoints_on_one_origin_share_it(engine: Engine, account: str) -> None:
         == endpoint_row(engine, b).origin
         == "https://hooks.example:443"
     )
-
-
-# --- plumbing of the hot path ----------------------------------------------------------------
-
-
-def test_jobs_and_results_survive_pickling() -> None:
-    job = Job(
-        7,
-        "evt-1",
-        "ep-1",
-        "https://a.example/",
-        "https://a.example:443",
-        "whsec_x",
-        2.5,
-        0,
-        3,
-        b"{}",
-    )
-    result = Result(
-        job,
-        DeliveryStatus.PENDING,
-        utcnow(),
-        attempted=False,
-        at=utcnow(),
-        status_code=503,
-        error="busy",
-        duration_ms=12,
-        gone=True,
-    )
-    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
-        assert pickle.loads(pickle.dumps(job, protocol)) == job
-        assert pickle.loads(pickle.dumps(result, protocol)) == result
