@@ -145,16 +145,25 @@ class Lane:
         )
 
     def idle(self, now: float, after: float) -> bool:
-        """Nothing queued or in flight for ``after`` seconds, and the breaker closed.
+        """Nothing queued or in flight for ``after`` seconds, and the breaker past caring.
 
-        Such a lane holds nothing a new one would not: its buckets are full
-        again and its breaker remembers no failure worth keeping.
+        Such a lane holds nothing worth keeping: its buckets are full again,
+        and its breaker is closed (it remembers no failure worth keeping) or
+        its cool-down has been over for ``after`` seconds too. A host whose
+        breaker opened and that then got no more work would otherwise keep its
+        lane for ever; after that long without work, a new lane treats it as
+        any host first seen, its breaker closed and its cool-down reset.
+        A half-open breaker has its probe out: never idle.
         """
+        if self._queued or self.in_flight or now - self.last_active < after:
+            return False
+        if self.breaker.state is BreakerState.CLOSED:
+            return True
+        reopens_at = self.breaker.reopens_at
         return (
-            not self._queued
-            and not self.in_flight
-            and self.breaker.state is BreakerState.CLOSED
-            and now - self.last_active >= after
+            self.breaker.state is BreakerState.OPEN
+            and reopens_at is not None
+            and now - reopens_at >= after
         )
 
     def drain(self, endpoint_ids: set[str] | None = None) -> list[Job]:

@@ -53,7 +53,7 @@ class WorkerPolicy:
     """
     flush_size: int = 1000
     forget_lanes_after: float = 600.0
-    """Seconds a lane may sit idle (closed breaker) before its host is forgotten."""
+    """Seconds a lane may sit idle before its host is forgotten (see ``Lane.idle``)."""
     hand_back_after: float = 5.0
     """Seconds a lane may wait with every slot stuck before its queue goes back.
 
@@ -110,8 +110,7 @@ class DeliveryWorker:
     def submit(self, jobs: Iterable[Job]) -> None:
         """Queue jobs in their lanes and make sure each lane is being pumped."""
         now = self._clock()
-        if now - self._swept >= self.policy.forget_lanes_after / 10:
-            self.sweep(now)
+        self._sweep_now_and_then(now)
         touched = set()
         for job in jobs:
             lane = self._lanes.get(job.origin)
@@ -137,6 +136,8 @@ class DeliveryWorker:
 
         A worker sees every host its share of endpoints ever named: without
         this, one lane per host would stay in memory for the actor's life.
+        Runs every tenth of that period at most, from ``submit`` and from the
+        watchdog, so that lanes go whether or not more work comes.
         """
         self._swept = now
         idle = [
@@ -165,6 +166,18 @@ class DeliveryWorker:
             "open_breakers": sum(1 for lane in self._lanes.values() if lane.parked(self._clock())),
         }
 
+    def footprint(self) -> dict[str, int]:
+        """What the worker keeps per host (lanes, their wake-up events and pumps) and in all."""
+        return {
+            "lanes": len(self._lanes),
+            "events": len(self._changed),
+            "pumps": len(self._pumps),
+            "in_flight": len(self._in_flight),
+            "tasks": len(self._tasks),
+            "results": len(self._results),
+            "watching": int(self._watchdog is not None and not self._watchdog.done()),
+        }
+
     async def flush(self) -> None:
         """Send the buffered results now."""
         while self._results:
@@ -184,11 +197,21 @@ class DeliveryWorker:
 
     # -- lanes ------------------------------------------------------------------
 
+    def _sweep_now_and_then(self, now: float) -> None:
+        if now - self._swept >= self.policy.forget_lanes_after / 10:
+            self.sweep(now)
+
     def _wake(self, origin: str) -> None:
         self._changed[origin].set()
         pump = self._pumps.get(origin)
         if pump is None or pump.done():
-            self._pumps[origin] = asyncio.create_task(self._pump(self._lanes[origin]))
+            pump = self._pumps[origin] = asyncio.create_task(self._pump(self._lanes[origin]))
+            pump.add_done_callback(partial(self._pumped, origin))
+
+    def _pumped(self, origin: str, pump: asyncio.Task[None]) -> None:
+        # A lane whose queue ran dry holds no task: one lane per host is all that stays.
+        if self._pumps.get(origin) is pump:
+            del self._pumps[origin]
 
     async def _pump(self, lane: Lane) -> None:
         changed = self._changed[lane.origin]
@@ -217,11 +240,13 @@ class DeliveryWorker:
         Back in the database they are due when every attempt in flight there
         has ended, by answer or by timeout; till one of them succeeds, the
         scheduler lets that host hold no more than a few (see ``Capacity``).
+        Also forgets idle lanes, and ends when none is left.
         """
         after = self.policy.hand_back_after
         while self._lanes:
             await asyncio.sleep(after / 2)
             now = self._clock()
+            self._sweep_now_and_then(now)
             for lane in list(self._lanes.values()):
                 if lane.blocked(now, after):
                     due = self._wall() + timedelta(seconds=self.policy.attempt_timeout)

@@ -311,7 +311,7 @@ def test_queued_count_through_push_take_and_drain() -> None:
     assert lane.queued == 0
 
 
-def test_a_lane_is_idle_only_when_empty_quiet_and_closed() -> None:
+def test_a_lane_is_idle_only_when_empty_and_quiet() -> None:
     lane = lane_with([job(1)], LanePolicy(concurrency=100, rate=1000.0, breaker=BREAKER))
     assert not lane.idle(1000.0, after=60.0)  # a job is queued
     assert taken(lane, 1.0) == 1
@@ -320,7 +320,22 @@ def test_a_lane_is_idle_only_when_empty_quiet_and_closed() -> None:
     assert not lane.idle(61.0, after=60.0)  # quiet for 59 s only
     assert lane.idle(62.0, after=60.0)
 
-    lane.push(job(2), 70.0)
-    assert taken(lane, 70.0) == 2
-    lane.done(False, 71.0)  # a second failure in a row opens the breaker
-    assert not lane.idle(500.0, after=60.0)  # it remembers a failing host
+
+def test_a_lane_whose_breaker_opened_is_idle_once_its_cool_down_is_long_over() -> None:
+    lane = lane_with([job(1), job(2)], LanePolicy(concurrency=100, rate=1000.0, breaker=BREAKER))
+    assert take_all(lane, 0.0) == [1, 2]
+    lane.done(False, 1.0)
+    lane.done(False, 2.0)  # a second failure in a row opens the breaker till 12
+    assert lane.breaker.reopens_at == 12.0
+    assert not lane.idle(71.0, after=60.0)  # it remembers a failing host...
+    assert lane.idle(72.0, after=60.0)  # ...till its cool-down has been over that long too
+
+
+def test_a_lane_with_its_probe_out_is_never_idle() -> None:
+    lane = lane_with([job(1), job(2)], LanePolicy(concurrency=100, rate=1000.0, breaker=BREAKER))
+    assert take_all(lane, 0.0) == [1, 2]
+    lane.done(False, 1.0)
+    lane.done(False, 2.0)
+    lane.push(job(3), 12.0)
+    assert taken(lane, 12.0) == 3  # the probe, half-open
+    assert not lane.idle(10_000.0, after=60.0)

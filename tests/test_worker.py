@@ -570,6 +570,49 @@ async def test_idle_hosts_are_forgotten(rig: Rig) -> None:
     assert worker.stats()["lanes"] == 2
 
 
+@pytest.mark.parametrize(
+    ("status", "kept_till"),
+    [(200, 599.0), (500, 604.0)],
+    ids=["healthy", "its breaker open"],
+)
+async def test_idle_hosts_are_forgotten_without_more_work(
+    rig: Rig, status: int, kept_till: float
+) -> None:
+    now = [0.0]
+    breaker = BreakerPolicy(consecutive_failures=1, cooldown=5.0)
+    worker = rig.worker(
+        lambda request: ok(status),
+        lanes=LanePolicy(breaker=breaker),
+        clock=lambda: now[0],
+        hand_back_after=0.02,
+    )
+    worker.submit([job(1, origin=A)])
+    await rig.sink.until(1)
+    assert worker.stats()["open_breakers"] == (status != 200)
+    assert worker.footprint()["pumps"] == 0  # its queue ran dry: no task waits for more
+    # Quiet for 600 s, and for the failing host its breaker's cool-down over for
+    # as long (it reopened at 5 s): kept till then, whoever sweeps.
+    assert worker.sweep(kept_till) == 0
+    assert worker.footprint()["lanes"] == 1
+
+    now[0] = kept_till + 60.0  # no submit: the watchdog sweeps, then ends
+
+    async def forgotten() -> None:
+        while worker.footprint()["watching"]:  # noqa: ASYNC110 - it ends unannounced
+            await asyncio.sleep(0.01)
+
+    await bounded(forgotten())
+    assert worker.footprint() == {
+        "lanes": 0,
+        "events": 0,
+        "pumps": 0,
+        "in_flight": 0,
+        "tasks": 0,
+        "results": 0,
+        "watching": 0,
+    }
+
+
 async def test_close_reports_what_is_buffered(rig: Rig) -> None:
     answered = asyncio.Event()
 
