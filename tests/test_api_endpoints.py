@@ -259,7 +259,7 @@ INVALID_BODIES: list[tuple[str, Any, list[Any], str]] = [
     ("bad port", {"url": "https://yourapp.com:99999/", "events": ["opened"]}, ["body", "url"], "not a valid URL"),
     ("url too long", {"url": "https://a.com/" + "x" * 2048, "events": ["opened"]}, ["body", "url"], "2048"),
     ("url not a string", {"url": 5, "events": ["opened"]}, ["body", "url"], "valid string"),
-    ("empty events", {"url": SEED_URL, "events": []}, ["body", "events"], "at least one"),
+    ("empty events", {"url": SEED_URL, "events": []}, ["body", "events"], "at least 1 item"),
     ("events not a list", {"url": SEED_URL, "events": "opened"}, ["body", "events"], "valid list"),
     ("unknown event", {"url": SEED_URL, "events": ["opened", "sent"]}, ["body", "events", 1], "'delivered', 'opened', 'clicked', 'bounced' or 'unsubscribed'"),
     ("unknown field", {"url": SEED_URL, "events": ["opened"], "color": "red"}, ["body", "color"], "not permitted"),
