@@ -15,7 +15,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
-from starlette.routing import Match, Route
+from starlette.routing import compile_path
 
 from models.errors import InvalidInput, NotFound
 
@@ -58,23 +58,26 @@ def _invalid(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """FastAPI's answer, with a 405's ``Allow`` naming every method of the path.
+    """FastAPI's answer, with a 405's ``Allow`` naming every method the document lists for the path.
 
-    Each method of a path is a route of its own, and Starlette's 405 lists only
-    the methods of the first route whose path matched.
+    Each method of a path is a route of its own, and the 405 of the router
+    names only the methods of the first route whose path matched.
     """
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        allowed = {
-            method
-            for route in request.app.router.routes
-            if isinstance(route, Route)
-            and route.methods
-            and route.matches(request.scope)[0] != Match.NONE
-            for method in route.methods
-        }
-        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+        allowed = _documented_methods(request.app, request.scope["path"])
+        if allowed:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
     return await http_exception_handler(request, exc)
+
+
+def _documented_methods(app: FastAPI, path: str) -> set[str]:
+    """The methods of ``path`` in ``app``'s OpenAPI document, and HEAD with GET, as served."""
+    for template, operations in app.openapi()["paths"].items():
+        if compile_path(template)[0].match(path):
+            methods = {method.upper() for method in operations}
+            return methods | {"HEAD"} if "GET" in methods else methods
+    return set()
 
 
 def install(app: FastAPI) -> None:

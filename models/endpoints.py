@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, field_validator
 from pydantic import Field as PydanticField
-from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import JSON, Index, func
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -68,9 +67,13 @@ def _fold_events(events: list[EventType]) -> list[EventType]:
     return list(dict.fromkeys(events))  # duplicates folded, order kept
 
 
-def _no_default(schema: dict[str, Any]) -> None:
-    # An absent field means "unchanged"; a published default of null would invite sending it.
+def _not_nullable(schema: dict[str, Any]) -> None:
+    # Published as its type alone: absent means unchanged, and null is refused
+    # (by ``_not_null``). Typed ``X | None`` so that errors name the field, with
+    # no union branch appended to their ``loc``.
     schema.pop("default", None)
+    (kind,) = [branch for branch in schema.pop("anyOf") if branch != {"type": "null"}]
+    schema.update(kind)
 
 
 EndpointUrl = Annotated[
@@ -118,9 +121,9 @@ class EndpointPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: EndpointUrl | SkipJsonSchema[None] = PydanticField(None, json_schema_extra=_no_default)
-    events: EventList | SkipJsonSchema[None] = PydanticField(None, json_schema_extra=_no_default)
-    enabled: StrictBool | SkipJsonSchema[None] = PydanticField(None, json_schema_extra=_no_default)
+    url: EndpointUrl | None = PydanticField(None, json_schema_extra=_not_nullable)
+    events: EventList | None = PydanticField(None, json_schema_extra=_not_nullable)
+    enabled: StrictBool | None = PydanticField(None, json_schema_extra=_not_nullable)
     rate_limit: RateLimit = None
 
     @field_validator("url", "events", "enabled", mode="before")

@@ -56,7 +56,7 @@ MAX_EVENT_ID_LENGTH = 100
 # 9998, so that every accepted time stays within Python's once moved to UTC.
 # Days are checked per month and leap year: the OpenAPI document publishes this
 # pattern, and it is exactly what is accepted, with no calendar check after it.
-_YEAR = r"(?:19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9])"
+_YEAR = r"(?:19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
 _LEAP_YEAR = (
     r"(?:19(?:7[26]|8[048]|9[26])"
     r"|(?:[2-8][0-9]|9[0-8]|99)(?:0[48]|[2468][048]|[13579][26])"
