@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from api import errors
+from api import errors, openapi
 from api.deps import DispatcherHandle
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
 from api.routes import endpoints, events, health
+from api.routing import operation_id
 from dispatcher.settings import Settings
 from models.db import make_engine, reader
 
@@ -49,17 +50,22 @@ def create_app(
         description="Register HTTPS endpoints and receive SentinMail email events on them.",
         redirect_slashes=False,
         lifespan=_frozen_heap,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.reader = reader(app.state.engine)
     app.state.dispatcher = dispatcher
     errors.install(app)
+    openapi.install(app)
     app.include_router(endpoints.router)
     app.include_router(events.router)
     app.include_router(health.router)
     app.add_middleware(
-        BodyLimit, default=ENDPOINT_BODY_LIMIT, limits={"/api/emails/events/": EVENTS_BODY_LIMIT}
+        BodyLimit,
+        default=ENDPOINT_BODY_LIMIT,
+        limits={"/api/emails/events/": EVENTS_BODY_LIMIT},
+        prefix="/api/",
     )
     app.add_middleware(AssumeJson)
     app.add_middleware(OptionalTrailingSlash)

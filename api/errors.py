@@ -1,15 +1,49 @@
-"""The one place where domain errors become HTTP responses.
+"""The one place where errors become HTTP responses, and the shapes they have.
 
-Every error body is JSON ``{"detail": ...}``; field errors use FastAPI's list
-form, ``[{"loc": [...], "msg": ..., "type": ...}]``, so clients parse one shape.
+Every error body is JSON ``{"detail": ...}``: a sentence (:class:`ErrorMessage`:
+401, 404) or FastAPI's list of field errors (:class:`FieldErrors`: 422, 413),
+``[{"loc": [...], "msg": ..., "type": ...}]``, so clients parse one shape.
+The OpenAPI document declares them with these models (see ``api.routing``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 
 from models.errors import InvalidInput, NotFound
+
+
+class ErrorMessage(BaseModel):
+    """An error that concerns the whole request, said in a sentence."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One refused part of the request: where (``loc``), why (``msg``) and a code (``type``).
+
+    ``loc`` starts with where the value was: ``body``, ``query``, ``path`` or
+    ``header``; then the field names and array indexes down to it.
+    """
+
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class FieldErrors(BaseModel):
+    """Every refused part of the request (FastAPI's validation error shape)."""
+
+    detail: list[FieldError]
 
 
 def _not_found(_request: Request, exc: Exception) -> JSONResponse:
@@ -23,7 +57,31 @@ def _invalid(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer, with a 405's ``Allow`` naming every method the document lists for the path.
+
+    Each method of a path is a route of its own, and the 405 of the router
+    names only the methods of the first route whose path matched.
+    """
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allowed = _documented_methods(request.app, request.scope["path"])
+        if allowed:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+    return await http_exception_handler(request, exc)
+
+
+def _documented_methods(app: FastAPI, path: str) -> set[str]:
+    """The methods of ``path`` in ``app``'s OpenAPI document, and HEAD with GET, as served."""
+    for template, operations in app.openapi()["paths"].items():
+        if compile_path(template)[0].match(path):
+            methods = {method.upper() for method in operations}
+            return methods | {"HEAD"} if "GET" in methods else methods
+    return set()
+
+
 def install(app: FastAPI) -> None:
-    """Register the handlers of domain errors on ``app``."""
+    """Register the handlers of HTTP and domain errors on ``app``."""
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(InvalidInput, _invalid)

@@ -1,6 +1,6 @@
 """ASGI middleware: trailing slashes, JSON bodies and body limits, before routing.
 
-Both run before routing, so every route gets them without knowing.
+All run before routing, so every route gets them without knowing.
 """
 
 from __future__ import annotations
@@ -54,15 +54,23 @@ class AssumeJson:
 class BodyLimit:
     """Answer 413 to request bodies over a limit, before anything is parsed or stored.
 
-    ``limits`` maps path prefixes to byte limits (longest prefix wins);
-    ``default`` applies elsewhere. The body is read here, up to the limit, and
+    Applies to paths under ``prefix`` (every ``/api/`` operation documents its
+    413); ``limits`` maps path prefixes to byte limits (longest prefix wins),
+    ``default`` applies to the rest. The body is read here, up to the limit, and
     handed on whole: chunked bodies without a Content-Length cannot sneak
     past, and the handler never sees a body cut short.
     """
 
-    def __init__(self, app: ASGIApp, default: int, limits: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        default: int,
+        limits: dict[str, int] | None = None,
+        prefix: str = "/",
+    ) -> None:
         self.app = app
         self.default = default
+        self.prefix = prefix
         self.limits = sorted((limits or {}).items(), key=lambda kv: -len(kv[0]))
 
     def limit_for(self, path: str) -> int:
@@ -70,7 +78,7 @@ class BodyLimit:
         return next((n for prefix, n in self.limits if path.startswith(prefix)), self.default)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope["path"])

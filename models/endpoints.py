@@ -9,12 +9,13 @@ account's endpoint is indistinguishable from one that does not exist.
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, field_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import JSON, Index, func
 from sqlmodel import Field, Session, SQLModel, col, select
@@ -28,6 +29,21 @@ from models.event_types import EventType
 MAX_URL_LENGTH = 2048
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
+MAX_RATE_LIMIT = 100_000
+
+# What an endpoint URL may be, as one pattern that the OpenAPI document publishes
+# and validation enforces: an absolute URL with a DNS name or IPv4 address for
+# host (no credentials, no IPv6 literal), an optional port from 1 to 65535, and
+# RFC 3986 characters after it, with no fragment. ``_check_url`` explains the
+# common mistakes first; the pattern is the rule.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_REST = r"[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*"
+_AFTER_SCHEME = rf"://{_LABEL}(?:\.{_LABEL})*(?::{_PORT})?(?:[/?]{_REST})?$"
+HTTPS_URL_PATTERN = f"^https{_AFTER_SCHEME}"
+# Development mode also takes http:// (the app publishes this one then).
+HTTP_URL_PATTERN = f"^https?{_AFTER_SCHEME}"
+_URL = re.compile(HTTP_URL_PATTERN)
 
 
 def new_secret(raw: bytes | None = None) -> str:
@@ -43,9 +59,6 @@ def new_secret(raw: bytes | None = None) -> str:
 
 def _check_url(url: str) -> str:
     """Structural URL checks; whether ``http://`` is allowed is decided per request."""
-    url = url.strip()
-    if len(url) > MAX_URL_LENGTH:
-        raise ValueError(f"must be at most {MAX_URL_LENGTH} characters")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -57,29 +70,50 @@ def _check_url(url: str) -> str:
         raise ValueError("must not contain credentials (user:password@)")
     if parts.fragment or url.endswith("#"):
         raise ValueError("must not contain a fragment (#...)")
+    if not _URL.fullmatch(url):
+        raise ValueError(
+            "must be an absolute https:// URL with a DNS name or IPv4 address for host,"
+            " an optional port (1-65535), and only RFC 3986 characters (percent-encode others)"
+        )
     return url
 
 
 def _fold_events(events: list[EventType]) -> list[EventType]:
-    if not events:
-        raise ValueError("must list at least one event type")
     return list(dict.fromkeys(events))  # duplicates folded, order kept
+
+
+def _not_nullable(schema: dict[str, Any]) -> None:
+    # Published as its type alone: absent means unchanged, and null is refused
+    # (by ``_not_null``). Typed ``X | None`` so that errors name the field, with
+    # no union branch appended to their ``loc``.
+    schema.pop("default", None)
+    (kind,) = [branch for branch in schema.pop("anyOf") if branch != {"type": "null"}]
+    schema.update(kind)
 
 
 EndpointUrl = Annotated[
     str,
+    PydanticField(
+        max_length=MAX_URL_LENGTH,
+        examples=["https://yourapp.com/webhooks/sentinmail"],
+        json_schema_extra={"pattern": HTTPS_URL_PATTERN},
+    ),
     AfterValidator(_check_url),
-    PydanticField(examples=["https://yourapp.com/webhooks/sentinmail"]),
 ]
 EventList = Annotated[
     list[EventType],
+    PydanticField(
+        min_length=1, examples=[["delivered", "opened", "clicked", "bounced", "unsubscribed"]]
+    ),
     AfterValidator(_fold_events),
-    PydanticField(examples=[["delivered", "opened", "clicked", "bounced", "unsubscribed"]]),
 ]
 RateLimit = Annotated[
     float | None,
-    PydanticField(gt=0, le=100_000, description="Requests per second to this endpoint."),
+    Strict(),
+    PydanticField(gt=0, le=MAX_RATE_LIMIT, description="Requests per second to this endpoint."),
 ]
+# Only JSON true and false: lax validation would take 0, 1, "yes" and "off".
+StrictBool = Annotated[bool, Strict()]
 
 
 class EndpointReplace(BaseModel):
@@ -98,14 +132,22 @@ class EndpointCreate(EndpointReplace):
 
 
 class EndpointPatch(BaseModel):
-    """Body of ``PATCH``: any subset of the mutable fields."""
+    """Body of ``PATCH``: any subset of the mutable fields; only ``rate_limit`` may be null."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url: EndpointUrl | None = None
-    events: EventList | None = None
-    enabled: bool | None = None
+    url: EndpointUrl | None = PydanticField(None, json_schema_extra=_not_nullable)
+    events: EventList | None = PydanticField(None, json_schema_extra=_not_nullable)
+    enabled: StrictBool | None = PydanticField(None, json_schema_extra=_not_nullable)
     rate_limit: RateLimit = None
+
+    @field_validator("url", "events", "enabled", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Left out means unchanged; null would erase a field every endpoint has.
+        if value is None:
+            raise ValueError("may not be null")
+        return value
 
 
 class EndpointPublic(BaseModel):
@@ -192,6 +234,8 @@ def create_endpoint(session: Session, account_id: str, data: EndpointCreate) -> 
 
 def get_endpoint(session: Session, account_id: str, endpoint_id: str) -> Endpoint:
     """The account's endpoint ``endpoint_id``; NotFound for anyone else's."""
+    if "\x00" in endpoint_id:  # no id holds NUL, and PostgreSQL refuses to compare one
+        raise NotFound("endpoint", endpoint_id)
     endpoint = session.exec(
         select(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.account_id == account_id)
     ).first()

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    TypeAdapter,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic import Field as PydanticField
 from sqlalchemy import Table, Text, select
 from sqlalchemy.exc import IntegrityError
@@ -32,10 +40,39 @@ MAX_BATCH = 1000
 
 # A syntactic check only: recipients come from our own email platform, which
 # has already delivered to them; full RFC 5321 validation cost 80 us per event.
-_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+# Whitespace is spelled out (Python's \s for text) so that the pattern the
+# OpenAPI document publishes means the same in every regex dialect.
+_SPACE = "\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+EMAIL_PATTERN = f"^[^@{_SPACE}]+@[^@{_SPACE}.]+(?:\\.[^@{_SPACE}.]+)+$"
+_EMAIL = re.compile(EMAIL_PATTERN)
 # Printable ASCII ("!" to "~") but "/": 0.4 us for a 40-character id, where a
 # generator over its characters took 7 us.
-_EVENT_ID = re.compile(r"[!-.0-~]*")
+EVENT_ID_PATTERN = "^[!-.0-~]*$"
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
+MAX_EVENT_ID_LENGTH = 100
+
+# RFC 3339 date-time with the offset optional (none means UTC), years 1970 to
+# 9998, so that every accepted time stays within Python's once moved to UTC.
+# Days are checked per month and leap year: the OpenAPI document publishes this
+# pattern, and it is exactly what is accepted, with no calendar check after it.
+_YEAR = r"(?:19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
+_LEAP_YEAR = (
+    r"(?:19(?:7[26]|8[048]|9[26])"
+    r"|(?:[2-8][0-9]|9[0-8]|99)(?:0[48]|[2468][048]|[13579][26])"
+    r"|(?:[2468][048]|[3579][26])00)"
+)
+_DATE = (
+    rf"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    rf"|{_LEAP_YEAR}-02-29)"
+)
+_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+_OFFSET = r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+TIMESTAMP_PATTERN = rf"^{_DATE}T{_TIME}{_OFFSET}?$"
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+# The same range in Unix seconds: 1970-01-01T00:00:00Z to 9998-12-31T23:59:59Z.
+MAX_UNIX_TIMESTAMP = 253_370_764_799
 # Built once: ``json.dumps`` with options builds an encoder on every call.
 _STRICT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -47,11 +84,30 @@ def _check_email(value: str) -> str:
     return value
 
 
+def _timestamp_input(value: object) -> object:
+    """A timestamp as the schema publishes it: a string of ``TIMESTAMP_PATTERN``, or Unix seconds.
+
+    Lax datetime parsing would take much more ("0", "2026-04-02", 1.5e9, true).
+    """
+    if isinstance(value, str):
+        if not _TIMESTAMP.fullmatch(value):
+            raise ValueError(
+                "must be an RFC 3339 date-time such as 2026-04-02T14:30:00Z"
+                " (offset optional, years 1970 to 9998)"
+            )
+        return value
+    # JSON has one number type: 1775140200.0 is an integer too, as JSON Schema says.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_UNIX_TIMESTAMP:
+            raise ValueError(f"must be Unix seconds from 0 to {MAX_UNIX_TIMESTAMP}")
+        return datetime.fromtimestamp(value, UTC)
+    raise ValueError("must be an RFC 3339 date-time string or an integer of Unix seconds")
+
+
 def _check_utc(value: datetime) -> datetime:
-    try:
-        return value.replace(tzinfo=value.tzinfo or UTC).astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of range once converted to UTC") from None
+    return value.replace(tzinfo=value.tzinfo or UTC).astimezone(UTC)
 
 
 def _check_json(value: dict[str, Any]) -> dict[str, Any]:
@@ -72,16 +128,24 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = PydanticField(
+    id: (
+        Annotated[
+            str,
+            PydanticField(
+                min_length=1,
+                max_length=MAX_EVENT_ID_LENGTH,
+                json_schema_extra={"pattern": EVENT_ID_PATTERN},
+            ),
+        ]
+        | None
+    ) = PydanticField(
         default=None,
-        min_length=1,
-        max_length=100,
         description="Stable id; `evt-<uuid4>` is assigned when absent. Resubmitting it is a no-op.",
         examples=["evt-6f1c2d4e-8a7b-4c3d-9e2f-1a0b3c4d5e6f"],
     )
     type: EventType
     recipient: Annotated[str, AfterValidator(_check_email)] = PydanticField(
-        max_length=320, examples=["user@example.com"]
+        max_length=320, examples=["user@example.com"], json_schema_extra={"pattern": EMAIL_PATTERN}
     )
     sent_email_id: str | None = PydanticField(default=None, max_length=200)
     campaign_id: str | None = PydanticField(default=None, max_length=200)
@@ -89,8 +153,26 @@ class EventIn(BaseModel):
     metadata: Annotated[dict[str, Any], AfterValidator(_check_json)] | None = PydanticField(
         default=None, examples=[{"user_agent": "Mozilla/5.0...", "ip": "203.0.113.42"}]
     )
-    timestamp: Annotated[datetime, AfterValidator(_check_utc)] | None = PydanticField(
-        default=None, description="ISO 8601; now (UTC) when absent; no zone means UTC."
+    timestamp: (
+        Annotated[
+            datetime,
+            BeforeValidator(_timestamp_input),
+            AfterValidator(_check_utc),
+            WithJsonSchema(
+                {
+                    "anyOf": [
+                        {"type": "string", "pattern": TIMESTAMP_PATTERN},
+                        {"type": "integer", "minimum": 0, "maximum": MAX_UNIX_TIMESTAMP},
+                    ]
+                }
+            ),
+        ]
+        | None
+    ) = PydanticField(
+        default=None,
+        description="RFC 3339 (no offset means UTC), years 1970 to 9998, or Unix seconds;"
+        " now when absent.",
+        examples=["2026-04-02T14:30:00Z"],
     )
 
     @field_validator("id")
@@ -102,9 +184,8 @@ class EventIn(BaseModel):
         return value
 
 
-EVENT_BATCH = TypeAdapter(
-    Annotated[list[EventIn], PydanticField(min_length=1, max_length=MAX_BATCH)]
-)
+EventBatch = Annotated[list[EventIn], PydanticField(min_length=1, max_length=MAX_BATCH)]
+EVENT_BATCH = TypeAdapter(EventBatch)
 
 
 class Accepted(BaseModel):
@@ -290,6 +371,10 @@ def _outbox(
 
 def get_event(session: Session, account_id: str, event_id: str) -> EventOut:
     """The account's event ``event_id`` with its deliveries and their attempts."""
+    # Only ids ingestion accepts can exist; others (a NUL, which PostgreSQL cannot
+    # compare) are not looked up.
+    if len(event_id) > MAX_EVENT_ID_LENGTH or not _EVENT_ID.fullmatch(event_id):
+        raise NotFound("event", event_id)
     event = session.get(Event, (account_id, event_id))
     if event is None:
         raise NotFound("event", event_id)

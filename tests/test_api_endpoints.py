@@ -95,7 +95,14 @@ def test_list_paginates_with_limit_and_offset(client: TestClient, api_key: str) 
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({"limit": 0}, "limit"), ({"limit": 201}, "limit"), ({"offset": -1}, "offset")],
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 201}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"offset": 1_000_001}, "offset"),
+        ({"offset": 410191133038516502528}, "offset"),  # once a 500: past SQLite's INTEGER
+        ({"limit": "1.5"}, "limit"),
+    ],
 )
 def test_list_rejects_bad_paging(
     client: TestClient, api_key: str, params: dict[str, int], field: str
@@ -103,6 +110,15 @@ def test_list_rejects_bad_paging(
     response = client.get(BASE, params=params, headers=auth(api_key))
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", field]
+
+
+def test_the_largest_offset_is_an_empty_page(client: TestClient, api_key: str) -> None:
+    create(client, api_key)
+    response = client.get(BASE, params={"offset": 1_000_000}, headers=auth(api_key))
+    assert response.status_code == 200
+    page = response.json()
+    assert (page["count"], page["results"], page["next"]) == (1, [], None)
+    assert "offset=999950" in page["previous"]
 
 
 def test_get_one_includes_the_secret(client: TestClient, api_key: str) -> None:
@@ -172,9 +188,35 @@ def test_patch_refuses_null_for_required_fields(
     client: TestClient, api_key: str, field: str
 ) -> None:
     created = create(client, api_key)
-    response = client.patch(f"{BASE}{created['id']}/", json={field: None}, headers=auth(api_key))
+    url = f"{BASE}{created['id']}/"
+    response = client.patch(url, json={field: None}, headers=auth(api_key))
     assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body", field]
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", field]
+    assert "may not be null" in error["msg"]
+    assert client.get(url, headers=auth(api_key)).json() == created
+
+
+# Lax validation would read these as true, 1.0...: the document says boolean and number.
+@pytest.mark.parametrize(
+    ("patch", "reason"),
+    [
+        ({"enabled": 1}, "valid boolean"),
+        ({"enabled": "true"}, "valid boolean"),
+        ({"rate_limit": "5"}, "valid number"),
+        ({"rate_limit": True}, "valid number"),
+        ({"events": "opened"}, "valid list"),
+    ],
+)
+def test_patch_takes_json_types_as_they_are(
+    client: TestClient, api_key: str, patch: dict[str, Any], reason: str
+) -> None:
+    created = create(client, api_key)
+    response = client.patch(f"{BASE}{created['id']}/", json=patch, headers=auth(api_key))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", next(iter(patch))]
+    assert reason in error["msg"]
 
 
 def test_delete_then_get_is_404(client: TestClient, api_key: str, engine: Engine) -> None:
@@ -259,12 +301,20 @@ INVALID_BODIES: list[tuple[str, Any, list[Any], str]] = [
     ("bad port", {"url": "https://yourapp.com:99999/", "events": ["opened"]}, ["body", "url"], "not a valid URL"),
     ("url too long", {"url": "https://a.com/" + "x" * 2048, "events": ["opened"]}, ["body", "url"], "2048"),
     ("url not a string", {"url": 5, "events": ["opened"]}, ["body", "url"], "valid string"),
-    ("empty events", {"url": SEED_URL, "events": []}, ["body", "events"], "at least one"),
+    ("empty events", {"url": SEED_URL, "events": []}, ["body", "events"], "at least 1 item"),
     ("events not a list", {"url": SEED_URL, "events": "opened"}, ["body", "events"], "valid list"),
     ("unknown event", {"url": SEED_URL, "events": ["opened", "sent"]}, ["body", "events", 1], "'delivered', 'opened', 'clicked', 'bounced' or 'unsubscribed'"),
     ("unknown field", {"url": SEED_URL, "events": ["opened"], "color": "red"}, ["body", "color"], "not permitted"),
     ("negative rate", {"url": SEED_URL, "events": ["opened"], "rate_limit": -1}, ["body", "rate_limit"], "greater than 0"),
     ("array body", [], ["body"], "valid dictionary"),
+    ("rate limit a string", {"url": SEED_URL, "events": ["opened"], "rate_limit": "5"}, ["body", "rate_limit"], "valid number"),
+    ("rate limit over 100,000", {"url": SEED_URL, "events": ["opened"], "rate_limit": 100_001}, ["body", "rate_limit"], "less than or equal to 100000"),
+    ("IPv6 literal host", {"url": "https://[::1]/hook", "events": ["opened"]}, ["body", "url"], "DNS name or IPv4 address"),
+    ("non-ASCII path", {"url": "https://a.example/caf\u00e9", "events": ["opened"]}, ["body", "url"], "percent-encode"),
+    ("space in path", {"url": "https://a.example/a b", "events": ["opened"]}, ["body", "url"], "RFC 3986"),
+    ("space around", {"url": " https://a.example/", "events": ["opened"]}, ["body", "url"], "RFC 3986"),
+    ("upper-case scheme", {"url": "HTTPS://a.example/", "events": ["opened"]}, ["body", "url"], "RFC 3986"),
+    ("port 0", {"url": "https://a.example:0/", "events": ["opened"]}, ["body", "url"], "port (1-65535)"),
 ]  # fmt: skip
 
 
@@ -308,6 +358,62 @@ def test_a_body_that_is_not_json_is_422(
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
     assert count_endpoints(engine) == 0
+
+
+# What FastAPI once answered with an undocumented 400, and JSON past Python's limits.
+BAD_JSON = [
+    ("not UTF-8", b'{"url": "https://a.example/\xff", "events": ["opened"]}', "not UTF-8"),
+    ("UTF-16", '{"url": "https://a.example/", "events": ["opened"]}'.encode("utf-16"), "not UTF-8"),
+    ("nested too deeply", b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+    ("an integer of 5,000 digits", b'{"rate_limit": ' + b"9" * 5000 + b"}", "digits"),
+]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+@pytest.mark.parametrize(
+    ("body", "reason"), [c[1:] for c in BAD_JSON], ids=[c[0] for c in BAD_JSON]
+)
+def test_a_body_that_is_not_utf8_json_is_the_422_of_bad_json(
+    client: TestClient, api_key: str, method: str, body: bytes, reason: str
+) -> None:
+    created = create(client, api_key)
+    url = BASE if method == "POST" else f"{BASE}{created['id']}/"
+    response = client.request(method, url, content=body, headers=auth(api_key))
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert (error["loc"][0], error["type"]) == ("body", "json_invalid")
+    assert reason in error["ctx"]["error"]
+    assert client.get(f"{BASE}{created['id']}/", headers=auth(api_key)).json() == created
+
+
+def test_a_utf8_byte_order_mark_is_ignored(client: TestClient, api_key: str) -> None:
+    body = b'\xef\xbb\xbf{"url": "https://a.example/", "events": ["opened"]}'
+    assert client.post(BASE, content=body, headers=auth(api_key)).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [(BASE, "GET, HEAD, POST"), (f"{BASE}x/", "DELETE, GET, HEAD, PATCH, PUT")],
+)
+def test_an_unsupported_method_is_405_naming_every_method_of_the_path(
+    client: TestClient, api_key: str, path: str, allow: str
+) -> None:
+    response = client.request("OPTIONS", path, headers=auth(api_key))
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json() == {"detail": "Method Not Allowed"}
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+def test_an_id_with_a_nul_is_404_on_every_backend(
+    client: TestClient, api_key: str, method: str
+) -> None:
+    create(client, api_key)
+    response = client.request(
+        method, f"{BASE}a%00b/", json={"url": SEED_URL, "events": ["opened"]}, headers=auth(api_key)
+    )
+    assert response.status_code == 404
+    assert response.json() == {"detail": "endpoint not found"}
 
 
 def test_curl_style_form_content_type_with_json_body_is_accepted(

@@ -164,7 +164,12 @@ def test_timestamp_defaults_to_now_in_utc(client: TestClient, api_key: str) -> N
         ("2026-04-03T00:00:00+09:30", "2026-04-02T14:30:00Z"),
         ("2026-04-02T14:30:00", "2026-04-02T14:30:00Z"),
         ("2026-04-02T14:30:00+00:00", "2026-04-02T14:30:00Z"),
+        ("2024-02-29T12:00:00Z", "2024-02-29T12:00:00Z"),
+        ("1970-01-01T00:00:00+01:00", "1969-12-31T23:00:00Z"),
+        ("9998-12-31T23:59:59-23:59", "9999-01-01T23:58:59Z"),
         (1775140200, "2026-04-02T14:30:00Z"),
+        (1775140200.0, "2026-04-02T14:30:00Z"),  # an integer, for JSON Schema
+        (0, "1970-01-01T00:00:00Z"),
     ],
 )
 def test_a_given_timestamp_is_normalised_to_utc_z(
@@ -341,9 +346,16 @@ FIELD_ERRORS: list[tuple[str, dict[str, Any], str, str]] = [
     ("email without domain", event(recipient="user@"), "recipient", "not an email address"),
     ("metadata not an object", event(metadata=["a"]), "metadata", "valid dictionary"),
     ("metadata a string", event(metadata="ip=1.2.3.4"), "metadata", "valid dictionary"),
-    ("bad timestamp", event(timestamp="yesterday"), "timestamp", "datetime"),
-    ("impossible date", event(timestamp="2026-02-30T00:00:00Z"), "timestamp", "datetime"),
-    ("timestamp past year 9999 in UTC", event(timestamp="9999-12-31T23:00:00-05:00"), "timestamp", "out of range"),
+    ("bad timestamp", event(timestamp="yesterday"), "timestamp", "RFC 3339"),
+    ("impossible date", event(timestamp="2026-02-30T00:00:00Z"), "timestamp", "RFC 3339"),
+    ("timestamp past year 9998", event(timestamp="9999-12-31T23:00:00-05:00"), "timestamp", "years 1970 to 9998"),
+    ("timestamp before 1970", event(timestamp="1969-12-31T23:59:59Z"), "timestamp", "years 1970 to 9998"),
+    ("timestamp a date", event(timestamp="2026-04-02"), "timestamp", "RFC 3339"),
+    ("timestamp digits", event(timestamp="1775140200"), "timestamp", "RFC 3339"),
+    ("timestamp a fraction of a second", event(timestamp=1775140200.5), "timestamp", "integer of Unix seconds"),
+    ("timestamp true", event(timestamp=True), "timestamp", "integer of Unix seconds"),
+    ("timestamp negative", event(timestamp=-1), "timestamp", "Unix seconds from 0"),
+    ("timestamp past 9998", event(timestamp=253_370_764_800), "timestamp", "Unix seconds from 0"),
     ("unknown field", event(color="red"), "color", "not permitted"),
     ("empty id", event(id=""), "id", "at least 1 character"),
     ("id too long", event(id="e" * 101), "id", "at most 100 characters"),
@@ -471,6 +483,15 @@ def test_calls_without_a_valid_key_are_401(
 
 def test_an_unknown_event_is_404(client: TestClient, api_key: str) -> None:
     response = client.get(f"{EVENTS}evt-nope/", headers=auth(api_key))
+    assert response.status_code == 404
+    assert response.json() == {"detail": "event not found"}
+
+
+@pytest.mark.parametrize("event_id", ["evt%00", "e" * 101, "evt 1"])
+def test_an_id_that_ingestion_refuses_is_404_on_every_backend(
+    client: TestClient, api_key: str, event_id: str
+) -> None:
+    response = client.get(f"{EVENTS}{event_id}/", headers=auth(api_key))
     assert response.status_code == 404
     assert response.json() == {"detail": "event not found"}
 

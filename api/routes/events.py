@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import Depends, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
 from api.deps import AccountDep, DispatcherDep, SessionDep
+from api.routing import SHARED_RESPONSES, not_found, resource_router
 from models import events as store
-from models.events import EVENT_BATCH, Accepted, EventIn, EventOut
+from models.events import EVENT_BATCH, Accepted, EventBatch, EventIn, EventOut
 
-router = APIRouter(prefix="/api/emails/events", tags=["events"])
+router = resource_router("/api/emails/events", "events")
 
 # Its "$defs" stay inside it, so its "$ref"s point there from the document's root.
-_BODY_SCHEMA = TypeAdapter(EventIn | list[EventIn]).json_schema(
+_BODY_SCHEMA = TypeAdapter(EventIn | EventBatch).json_schema(
     ref_template="#/paths/~1api~1emails~1events~1/post/requestBody/content/application~1json"
     "/schema/$defs/{model}"
 )
@@ -79,7 +80,18 @@ def _parse_and_validate(body: bytes) -> list[EventIn]:
             "content": {"application/json": {"schema": _BODY_SCHEMA, "example": _EXAMPLE}},
         }
     },
-    responses={413: {"description": "Body over 1 MiB."}, 422: {"description": "Invalid event."}},
+    responses={
+        202: {
+            "links": {
+                "GetEvent": {
+                    "operationId": "get_event",
+                    "parameters": {"event_id": "$response.body#/accepted/0"},
+                    "description": "Follow the first event accepted.",
+                }
+            }
+        },
+        413: {**SHARED_RESPONSES[413], "description": "Request body over 1 MiB."},
+    },
 )
 def ingest_events(
     events: Annotated[list[EventIn], Depends(event_batch)],
@@ -104,9 +116,7 @@ def ingest_events(
     )
 
 
-@router.get(
-    "/{event_id}/", response_model=EventOut, responses={404: {"description": "No such event."}}
-)
+@router.get("/{event_id}/", response_model=EventOut, responses=not_found("event"))
 def get_event(event_id: str, account: AccountDep, session: SessionDep) -> EventOut:
     """The event, its payload as sent, and per endpoint its delivery and attempts."""
     return store.get_event(session, account.id, event_id)

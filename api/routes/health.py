@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -14,7 +15,19 @@ from api.deps import DispatcherDep
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+class Health(BaseModel):
+    """What answers: the database (``ok`` or the error's name) and the dispatcher's actors."""
+
+    status: Literal["ok", "unavailable"]
+    database: str
+    dispatcher: dict[str, Any]
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "The database or a dispatcher actor fails."}},
+)
 def healthz(request: Request, dispatcher: DispatcherDep) -> JSONResponse:
     """200 when the database and the dispatcher answer, 503 otherwise; the body says which."""
     body: dict[str, Any] = {"status": "ok", "database": "ok"}
