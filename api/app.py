@@ -11,8 +11,9 @@ from sqlalchemy import Engine
 
 from api import errors, openapi
 from api.deps import DispatcherHandle
+from api.metrics import IngestTimer, Metrics
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
-from api.routes import endpoints, events, health
+from api.routes import endpoints, events, health, metrics
 from api.routing import operation_id
 from dispatcher.settings import Settings
 from models.db import make_engine, reader
@@ -56,11 +57,13 @@ def create_app(
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.reader = reader(app.state.engine)
     app.state.dispatcher = dispatcher
+    app.state.metrics = Metrics(app.state.reader, dispatcher)
     errors.install(app)
     openapi.install(app)
     app.include_router(endpoints.router)
     app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_middleware(
         BodyLimit,
         default=ENDPOINT_BODY_LIMIT,
@@ -69,4 +72,5 @@ def create_app(
     )
     app.add_middleware(AssumeJson)
     app.add_middleware(OptionalTrailingSlash)
+    app.add_middleware(IngestTimer, metrics=app.state.metrics.ingest, path=events.router.prefix)
     return app

@@ -45,6 +45,9 @@ class DispatcherHandle(Protocol):
     def health(self, timeout: float = 5.0) -> dict[str, Any]:
         """Whether each actor answers, with its counts and node."""
 
+    def vitals(self, timeout: float) -> dict[str, list[Any]]:
+        """Per actor kind, each actor's numbers for ``/metrics`` (None: no answer in time)."""
+
 
 # Async: FastAPI would run a plain function in its thread pool, a hop per request.
 async def get_dispatcher(request: Request) -> DispatcherHandle | None:

@@ -22,12 +22,16 @@ from datetime import timedelta
 from typing import Any
 
 import ray
+from sqlmodel import Session
 
+from dispatcher import logs
 from dispatcher.capacity import Capacity
+from dispatcher.retention import PurgePolicy, Purger, purge_continuously
 from dispatcher.scheduler import Scheduler
 from dispatcher.settings import Settings
 from dispatcher.transport import AddressPolicy, HttpTransport
 from dispatcher.worker import DeliveryWorker, WorkerPolicy
+from models import counters
 from models.base import utcnow
 from models.db import make_engine
 from models.jobs import Job, Result
@@ -41,6 +45,30 @@ ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_re
 def shard(origin: str, shards: int) -> int:
     """The delivery actor of ``origin``: a hash stable across processes and restarts."""
     return zlib.crc32(origin.encode()) % shards
+
+
+def _announce(kind: str, settings: Settings) -> None:
+    """Set up this actor's logging; log its start, or log and count its restart.
+
+    Ray restarts a dead actor in a new process and runs ``__init__`` again
+    (``max_restarts=-1``): the counter of restarts is kept in the database,
+    with the service's other counters, so that it outlives every process.
+    """
+    logs.configure(settings.log_format, settings.log_level)
+    if not ray.get_runtime_context().was_current_actor_reconstructed:
+        log.info("%s actor started", kind, extra=logs.fields(actor=kind))
+        return
+    log.warning("%s actor restarted", kind, extra=logs.fields(actor=kind))
+    try:
+        engine = make_engine(settings.database_url)
+        try:
+            with Session(engine) as session:
+                counters.add(session, {(counters.ACTOR_RESTARTS, kind): 1})
+                session.commit()
+        finally:
+            engine.dispose()
+    except Exception:
+        log.exception("could not count the restart of the %s actor", kind)
 
 
 def _where() -> dict[str, str]:
@@ -75,6 +103,7 @@ class SchedulerActor:
     """Claims due work for the router; records results; renews leases."""
 
     def __init__(self, settings: Settings, router_name: str, namespace: str) -> None:
+        _announce("scheduler", settings)
         self.settings = settings
         self.scheduler = Scheduler(
             make_engine(settings.database_url),
@@ -86,6 +115,14 @@ class SchedulerActor:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-db")
         self._wakeup = asyncio.Event()
         self._loop = asyncio.get_running_loop().create_task(self._run())
+        self._purge: asyncio.Task[None] | None = None
+        if settings.retention_days:
+            # Its own thread and connections: a chunk never delays a claim in this process.
+            retention = timedelta(days=settings.retention_days)
+            purger = Purger(self.scheduler.engine, PurgePolicy.for_retention(retention))
+            self._purge = asyncio.get_running_loop().create_task(
+                purge_continuously(purger, retention)
+            )
 
     async def wake(self) -> None:
         """New work may be due: claim now rather than at the next poll."""
@@ -134,7 +171,9 @@ class SchedulerActor:
 class RouterActor:
     """Shards jobs by origin onto delivery actors; broadcasts endpoint changes."""
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, settings: Settings | None = None) -> None:
+        if settings is not None:
+            _announce("router", settings)
         self.namespace = namespace
         self.names: list[str] = []
         self.workers: list[Any] = []
@@ -181,6 +220,7 @@ class DeliveryActor:
     """Owns the lanes of its share of origins and attempts their deliveries."""
 
     def __init__(self, settings: Settings, scheduler_name: str, namespace: str) -> None:
+        _announce("delivery", settings)
         self.settings = settings
         self.scheduler = _Lookup(scheduler_name, namespace)
         guard = AddressPolicy(allow_private=settings.dev, allowed_networks=settings.networks())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -13,6 +15,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from dispatcher import logs
 from dispatcher.listen import listen
 from dispatcher.settings import Settings, load_settings
 from models import accounts, migrate
@@ -29,6 +32,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 
 err = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 RayAddress = Annotated[
     str | None,
@@ -48,6 +52,7 @@ def _root(
 ) -> None:
     overrides = {} if database_url is None else {"database_url": database_url}
     ctx.obj = load_settings(**overrides)
+    logs.configure(ctx.obj.log_format, ctx.obj.log_level)
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -87,6 +92,7 @@ def serve(
     import uvicorn
 
     from api.app import create_app
+    from dispatcher.launch import ray_logs_dir
 
     # Listen first: a port in use fails at once, and none of the ports Ray
     # opens for its own processes can be the one asked for.
@@ -104,20 +110,34 @@ def serve(
         with Session(engine) as session:
             if not accounts.any_key_exists(session):
                 _, plain = accounts.create_key(session, "default")
-                err.print(
-                    "No API key existed: created one for account [bold]default[/]. "
-                    "It is shown only this once:"
+                log.warning(
+                    "no API key existed: created one for account default, printed on stdout"
+                    " only this once"
                 )
                 print(plain, flush=True)
         if settings.dev:
-            err.print(
-                "[yellow]Development mode: http:// URLs and loopback destinations allowed.[/]"
-            )
+            log.warning("development mode: http:// URLs and loopback destinations allowed")
         dispatcher = _dispatcher(settings, start=not no_dispatcher, detached=False)
+        logs.configure(settings.log_format, settings.log_level)  # Ray's lines too, now it is up
         config = uvicorn.Config(
-            create_app(settings, engine, dispatcher), host=host, port=port, log_level="info"
+            create_app(settings, engine, dispatcher),
+            host=host,
+            port=port,
+            log_level="info",
+            log_config=None,  # uvicorn's lines go through ours (dispatcher.logs)
+        )
+        log.info(
+            "service starting",
+            extra=logs.fields(
+                host=host,
+                port=port,
+                database=engine.dialect.name,  # never the URL: it may hold a password
+                dispatcher="found" if no_dispatcher else "started",
+                ray_logs=ray_logs_dir(),
+            ),
         )
         uvicorn.Server(config).run(sockets=[listening])
+        log.info("service stopped")
 
 
 app.command()(listen)
@@ -166,20 +186,19 @@ def _dispatcher(settings: Settings, *, start: bool, detached: bool) -> Dispatche
     from dispatcher.launch import start_dispatcher as start_actors
 
     where = settings.ray_address or "a local Ray"
-    err.print(f"{'Starting' if start else 'Finding'} the dispatcher on {where}…")
+    log.info("%s the dispatcher on %s", "starting" if start else "finding", where)
     init_ray(settings)
     try:
         dispatcher = start_actors(settings, detached=detached) if start else connect_dispatcher()
     except ClusterNeedsPostgres as exc:
-        err.print(f"[red]{exc}[/]")
+        log.error("%s", exc)
         raise typer.Exit(2) from None
     except ValueError as exc:
-        err.print(
-            f"[red]No dispatcher is running on {where}: {exc}. "
-            "Start one with `sentinmail dispatcher`.[/]"
+        log.error(
+            "No dispatcher is running on %s: %s. Start one with `sentinmail dispatcher`.", where, exc
         )
         raise typer.Exit(2) from None
-    err.print(f"Dispatcher ready: {len(dispatcher.workers)} delivery actor(s).")
+    log.info("dispatcher ready", extra=logs.fields(delivery_actors=len(dispatcher.workers)))
     return dispatcher
 
 
@@ -230,6 +249,46 @@ def db_upgrade(ctx: typer.Context) -> None:
     """Apply every pending migration."""
     with _migrated(ctx):
         print("database is up to date")
+
+
+@db_app.command("purge")
+def db_purge(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="Age past which finished events go, e.g. 30d, 12h, 1d12h;"
+            " default SENTINMAIL_RETENTION_DAYS."
+        ),
+    ] = None,
+) -> None:
+    """Delete finished events older than the retention, with their deliveries and attempts.
+
+    What the dispatcher does continuously, by hand: in small transactions, never
+    an event with an open delivery. Prints what it removed.
+    """
+    from dispatcher.retention import PurgePolicy, Purger, parse_duration
+    from models.base import utcnow
+
+    retention_days = _settings(ctx).retention_days
+    if older_than is not None:
+        try:
+            age = parse_duration(older_than)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--older-than") from None
+    elif retention_days:
+        age = timedelta(days=retention_days)
+    else:
+        print("retention is off (SENTINMAIL_RETENTION_DAYS=0): nothing removed;"
+              " give --older-than to purge anyway")  # fmt: skip
+        return
+    with _migrated(ctx) as engine:
+        # By hand the operator waits: the purge may hold the database half the time.
+        purged = Purger(engine, PurgePolicy(duty=0.5)).run_pass(utcnow() - age)
+    print(
+        f"removed {purged.events} events, {purged.deliveries} deliveries and"
+        f" {purged.attempts} attempts older than {age} ({purged.chunks} transactions)"
+    )
 
 
 def main() -> None:

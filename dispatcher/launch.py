@@ -9,7 +9,7 @@ changes; every call it makes is fire-and-forget, so the API never waits on Ray.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -45,6 +45,19 @@ def init_ray(settings: Settings) -> None:
         ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
 
 
+def ray_logs_dir() -> str | None:
+    """Where this machine's Ray writes its logs, the actors' lines among them (None: unknown).
+
+    Each actor's stderr is a ``worker-*.err`` file there. Ray has no public call
+    for the folder: this reads its node object, and gives up quietly if that moved.
+    """
+    node: Any = getattr(ray._private.worker, "_global_node", None)
+    try:
+        return str(node.get_logs_dir_path())
+    except Exception:
+        return None
+
+
 def check_database_fits_cluster(settings: Settings) -> None:
     """A SQLite file lives on one machine: a cluster of several nodes needs PostgreSQL."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
@@ -63,6 +76,8 @@ class Dispatcher:
     scheduler: Any
     router: Any
     workers: list[Any]
+    _asked: dict[tuple[str, int], Any] = field(default_factory=dict, init=False, repr=False)
+    """The last ``vitals`` call to each actor, by kind and index."""
 
     def wake(self) -> None:
         """New deliveries were committed: claim them now."""
@@ -80,6 +95,35 @@ class Dispatcher:
         except Exception as exc:  # any actor down or slow
             return {"status": "unavailable", "error": f"{type(exc).__name__}: {exc}"[:300]}
         return {"status": "ok", "scheduler": scheduler, "delivery_actors": workers}
+
+    def vitals(self, timeout: float) -> dict[str, list[Any]]:
+        """Each actor's numbers for ``/metrics``: ``stats`` (the router: its size), or None.
+
+        None for an actor that did not answer within ``timeout``. Its call stays
+        pending and is waited on again at the next scrape rather than sent anew:
+        an actor that hangs, or is restarting, has one call queued, not one a scrape.
+        """
+        kinds = {"scheduler": [self.scheduler], "router": [self.router], "delivery": self.workers}
+        refs: dict[tuple[str, int], Any] = {}
+        for kind, actors in kinds.items():
+            for index, actor in enumerate(actors):
+                ref = self._asked.get((kind, index))
+                if ref is None or ray.wait([ref], timeout=0)[0]:
+                    ref = (actor.size if kind == "router" else actor.stats).remote()
+                    self._asked[kind, index] = ref
+                refs[kind, index] = ref
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        answered = set(ready)
+        answers: dict[str, list[Any]] = {kind: [] for kind in kinds}
+        for (kind, _), ref in refs.items():
+            value = None
+            if ref in answered:
+                try:
+                    value = ray.get(ref, timeout=0)
+                except Exception:  # the actor died answering: absent, as a silent one
+                    value = None
+            answers[kind].append(value)
+        return answers
 
     def stop(self) -> None:
         """Kill every actor of this dispatcher (their leases bring the work back)."""
@@ -116,7 +160,7 @@ def start_dispatcher(
         ).remote(settings, SCHEDULER, namespace)
         for name in names
     ]
-    router = RouterActor.options(name=ROUTER, **options).remote(namespace)  # type: ignore[attr-defined]
+    router = RouterActor.options(name=ROUTER, **options).remote(namespace, settings)  # type: ignore[attr-defined]
     ray.get(router.refresh.remote())  # a running router learns of added actors
     dispatcher = Dispatcher(scheduler, router, workers)
     health = dispatcher.health(timeout=60)

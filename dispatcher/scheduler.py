@@ -10,15 +10,19 @@ Synchronous and Ray-free: the scheduler actor runs it in a worker thread.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from dispatcher import logs
 from dispatcher.capacity import Capacity, CapacityLedger
-from models import deliveries, endpoints
+from models import counters, deliveries, endpoints
 from models.jobs import DeliveryStatus, Job, Result
+
+log = logging.getLogger(__name__)
 
 
 class Scheduler:
@@ -76,7 +80,7 @@ class Scheduler:
             if r.gone:
                 gone.add(r.job.endpoint_id)
         with Session(self.engine) as session:
-            deliveries.record(session, results, now=now)
+            moved = deliveries.record(session, results, now=now)
             disabled = endpoints.record_health(
                 session,
                 succeeded=succeeded,
@@ -85,8 +89,16 @@ class Scheduler:
                 now=now,
                 disable_after=self.disable_after,
             )
+            # Counted in the transaction that writes the rows: the counters equal them.
+            counters.add(session, counters.tally_attempts(results) + counters.tally_finished(moved))
             session.commit()
         self.ledger.record(results, now)
+        for endpoint_id in disabled:
+            reason = "410 Gone" if endpoint_id in gone else f"failing for {self.disable_after}"
+            log.warning(
+                "endpoint disabled",
+                extra=logs.fields(endpoint_id=endpoint_id, reason=reason),
+            )
         return disabled
 
     def renew(self, held: Sequence[tuple[int, str]], now: datetime) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from importlib.metadata import version
 from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,6 +77,19 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         default=None, description="Address of a Ray cluster to join; a local Ray if unset."
     )
+    # Operations (issue 15): retention, logs.
+    retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="Days finished events are kept, with their deliveries and attempts;"
+        " 0 keeps everything.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as readable text, or as one JSON object each."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="The least severe level logged; INFO has a line per attempt."
+    )
 
     @field_validator("retry_schedule")
     @classmethod
@@ -88,6 +102,17 @@ class Settings(BaseSettings):
     def _networks_parse(cls, value: str) -> str:
         parse_networks(value)
         return value
+
+    # Operators write JSON, json, info or INFO alike.
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     def networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         """``allowed_networks``, parsed: the networks the SSRF guard lets through."""

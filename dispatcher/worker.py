@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+from dispatcher import logs
 from dispatcher.backoff import DEFAULT_SCHEDULE, RetrySchedule
 from dispatcher.errors import TransportError
 from dispatcher.lane import Lane, LanePolicy
@@ -286,10 +287,15 @@ class DeliveryWorker:
             max_retry_after=self.policy.max_retry_after,
         )
         now = self._clock()
+        breaker = lane.breaker.state
         lane.done(outcome.verdict is Verdict.SUCCEEDED, now)
         self._in_flight.pop(job.delivery_id, None)  # may be held twice after a lease expired
-        self._emit(self._settle(job, outcome, at, int((now - started) * 1000)))
+        result = self._settle(job, outcome, at, int((now - started) * 1000))
+        self._emit(result)
         self._changed[lane.origin].set()
+        logs.attempt(log, result)
+        if lane.breaker.state is not breaker:
+            logs.breaker(log, lane.origin, breaker, lane.breaker.state)
 
     def _settle(self, job: Job, outcome: Outcome, at: datetime, duration_ms: int) -> Result:
         """The delivery's next state after this attempt."""

@@ -13,6 +13,7 @@ The dispatcher moves work as :class:`models.jobs.Job` and
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -20,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CursorResult,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -29,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, Session, SQLModel, col
 
+from models import counters
 from models.base import UTCDateTime, utcnow
 from models.driver import Driver, driver
 from models.event_types import Priority
@@ -157,7 +160,7 @@ def _record_sql(db: Driver) -> tuple[str, str]:
             f" due_at = coalesce(u.due_at, d.due_at), updated_at = {m}"
             f" FROM unnest({a}::bigint[], {a}::text[], {a}::integer[], {a}::timestamptz[],"
             f" {a}::text[]) AS u (id, status, attempts, due_at, leased)"
-            " WHERE d.id = u.id AND d.status = u.leased",
+            " WHERE d.id = u.id AND d.status = u.leased RETURNING u.status",
         )
     return (
         "INSERT INTO attempt (delivery_id, at, status_code, error, duration_ms)"
@@ -203,23 +206,27 @@ def renew(session: Session, delivery_ids: Sequence[int], *, until: datetime) -> 
     session.commit()
 
 
-def record(session: Session, results: Sequence[Result], *, now: datetime) -> None:
+def record(
+    session: Session, results: Sequence[Result], *, now: datetime
+) -> Counter[DeliveryStatus]:
     """Write attempts and new statuses of a batch of results (no commit).
 
     Only leased deliveries move: one cancelled meanwhile stays cancelled. Of two
     results for one delivery, the first counts (it is no longer leased for the second).
+    Returns how many deliveries moved to each status (what the finished counters add).
     """
     if not results:
-        return
+        return Counter()
     connection, db = driver(session)
     time = db.time
     at = time(now)
     attempted = [r for r in results if r.attempted]
     insert_attempts, update_deliveries = _record_sql(db)
+    # The UPDATE would apply an arbitrary one of the rows of a repeated id (PostgreSQL),
+    # or be split by status (SQLite): keep the first, as row-by-row updates in order do.
+    moved = list({r.job.delivery_id: r for r in reversed(results)}.values())
     if db.postgresql:
-        # One statement each, over arrays. The UPDATE would apply an arbitrary one
-        # of the rows of a repeated id: keep the first, as row-by-row updates do.
-        moved = list({r.job.delivery_id: r for r in reversed(results)}.values())
+        # One statement each, over arrays.
         if attempted:
             connection.exec_driver_sql(
                 insert_attempts,
@@ -231,7 +238,7 @@ def record(session: Session, results: Sequence[Result], *, now: datetime) -> Non
                     [r.duration_ms for r in attempted],
                 ),
             )
-        connection.exec_driver_sql(
+        updated = connection.exec_driver_sql(
             update_deliveries,
             (
                 at,
@@ -242,7 +249,7 @@ def record(session: Session, results: Sequence[Result], *, now: datetime) -> Non
                 [_DELIVERING] * len(moved),
             ),
         )
-        return
+        return Counter(DeliveryStatus(status) for status in updated.scalars())
     if attempted:
         connection.exec_driver_sql(
             insert_attempts,
@@ -257,20 +264,26 @@ def record(session: Session, results: Sequence[Result], *, now: datetime) -> Non
                 for r in attempted
             ],
         )
-    connection.exec_driver_sql(
-        update_deliveries,
-        [
+    # One executemany per new status: its rowcount is how many moved there.
+    by_status: dict[DeliveryStatus, list[tuple[Any, ...]]] = {}
+    for r in moved:
+        by_status.setdefault(r.status, []).append(
             (str(r.status), r.job.attempts + r.attempted, time(r.due_at), at, r.job.delivery_id)
-            for r in results
-        ],
-    )
+        )
+    counts: Counter[DeliveryStatus] = Counter()
+    for status, rows in by_status.items():
+        counts[status] = connection.exec_driver_sql(update_deliveries, rows).rowcount
+    return counts
 
 
 def cancel_open(session: Session, endpoint_ids: Sequence[str], *, now: datetime) -> None:
-    """Cancel every open delivery of these endpoints (no commit)."""
+    """Cancel every open delivery of these endpoints, and count them (no commit)."""
+    cancelled = 0
     for ids in chunks(endpoint_ids):
-        session.execute(
+        done: CursorResult[Any] = session.execute(  # type: ignore[assignment]
             update(Delivery)
             .where(col(Delivery.endpoint_id).in_(ids), col(Delivery.status).in_(list(OPEN)))
             .values(status=DeliveryStatus.CANCELLED, updated_at=now)
         )
+        cancelled += done.rowcount
+    counters.add(session, counters.tally_finished({DeliveryStatus.CANCELLED: cancelled}))

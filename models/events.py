@@ -23,7 +23,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic import Field as PydanticField
-from sqlalchemy import Table, Text, select
+from sqlalchemy import Index, Table, Text, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col
 
@@ -226,6 +226,9 @@ class EventOut(BaseModel):
 
 class Event(SQLModel, table=True):
     """An accepted event; ``body`` is the payload exactly as every delivery sends it."""
+
+    # Retention walks events oldest first, in this order (see models.retention).
+    __table_args__ = (Index("ix_event_created", "created_at", "account_id", "id"),)
 
     account_id: str = Field(foreign_key="account.id", primary_key=True, max_length=36)
     id: str = Field(primary_key=True, max_length=100)

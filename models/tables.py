@@ -1,8 +1,9 @@
 """Imports every table module, so ``SQLModel.metadata`` knows the whole schema."""
 
 from models.accounts import Account, ApiKey
+from models.counters import StoredCounter
 from models.deliveries import Attempt, Delivery
 from models.endpoints import Endpoint
 from models.events import Event
 
-__all__ = ["Account", "ApiKey", "Attempt", "Delivery", "Endpoint", "Event"]
+__all__ = ["Account", "ApiKey", "Attempt", "Delivery", "Endpoint", "Event", "StoredCounter"]

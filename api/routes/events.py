@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
 from api.deps import AccountDep, DispatcherDep, SessionDep
+from api.metrics import IngestMetricsDep
 from api.routing import SHARED_RESPONSES, not_found, resource_router
 from models import events as store
 from models.events import EVENT_BATCH, Accepted, EventBatch, EventIn, EventOut
@@ -98,6 +99,7 @@ def ingest_events(
     account: AccountDep,
     session: SessionDep,
     dispatcher: DispatcherDep,
+    metrics: IngestMetricsDep,
 ) -> Response:
     """Accept events for delivery to every subscribed, enabled endpoint of the account.
 
@@ -105,6 +107,7 @@ def ingest_events(
     is lost. Delivery happens afterwards; follow it with ``GET /api/emails/events/{id}/``.
     """
     result = store.ingest(session, account.id, events)
+    metrics.accepted(events, result)  # committed: a 202 is decided
     if result.deliveries and dispatcher is not None:
         dispatcher.wake()
     # Serialized here: FastAPI would validate the answer again, in another thread hop.
