@@ -152,6 +152,8 @@ class ServiceReadings:
     dispatcher: DispatcherVitals | None
     timeout: float = 1.0
     min_age: float = 1.0
+    cost_factor: float = 20.0
+    """The database is read again no sooner than this many times its last reading took."""
     clock: Callable[[], float] = time.monotonic
     _latest: Readings | None = field(default=None, init=False)
     _read_at: float = field(default=float("-inf"), init=False)
@@ -159,6 +161,7 @@ class ServiceReadings:
     _database_cost: float = field(default=0.0, init=False)
     _database_latest: tuple[Any, Any] = field(default=(None, None), init=False)
     _database_at: float = field(default=float("-inf"), init=False)
+    _actors: asyncio.Future[dict[str, list[Any]]] | None = field(default=None, init=False)
     _lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = field(default=None, init=False)
 
     async def read(self) -> Readings:
@@ -179,7 +182,8 @@ class ServiceReadings:
 
     async def _read_database(self, deadline: float) -> tuple[Any, Any]:
         now = self.clock()
-        if now - self._database_at < 20 * self._database_cost and self._database is None:
+        recent = now - self._database_at < self.cost_factor * self._database_cost
+        if recent and self._database is None:
             return self._database_latest
         if (
             self._database is not None
@@ -210,12 +214,24 @@ class ServiceReadings:
     async def _read_actors(self, deadline: float) -> dict[str, list[Any]]:
         if self.dispatcher is None:  # none in this process: as if no actor answered
             return {kind: [] for kind in ACTORS}
-        try:
-            return await anyio.to_thread.run_sync(
-                self.dispatcher.vitals, max(0.0, deadline - self.clock())
+        # ``vitals`` returns within the time it is given; waited on no longer than that
+        # all the same (plus a margin), and while it runs no second one starts.
+        pending = self._actors
+        if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+            remaining = max(0.0, deadline - self.clock())
+            pending = asyncio.ensure_future(
+                anyio.to_thread.run_sync(self.dispatcher.vitals, remaining)
             )
+            self._actors = pending
+        done, _ = await asyncio.wait({pending}, timeout=max(0.0, deadline - self.clock()) + 0.1)
+        if not done:
+            return {kind: [] for kind in ACTORS}
+        self._actors = None
+        try:
+            answers: dict[str, list[Any]] = pending.result()
         except Exception:
             return {kind: [] for kind in ACTORS}
+        return answers
 
 
 class ServiceCollector:

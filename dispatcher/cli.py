@@ -195,7 +195,9 @@ def _dispatcher(settings: Settings, *, start: bool, detached: bool) -> Dispatche
         raise typer.Exit(2) from None
     except ValueError as exc:
         log.error(
-            "No dispatcher is running on %s: %s. Start one with `sentinmail dispatcher`.", where, exc
+            "No dispatcher is running on %s: %s. Start one with `sentinmail dispatcher`.",
+            where,
+            exc,
         )
         raise typer.Exit(2) from None
     log.info("dispatcher ready", extra=logs.fields(delivery_actors=len(dispatcher.workers)))
