@@ -23,6 +23,8 @@ from models.db import make_engine
 from models.errors import NotFound
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from dispatcher.launch import Dispatcher
 
 app = typer.Typer(help="SentinMail webhook delivery service.", no_args_is_help=True)
@@ -118,7 +120,6 @@ def serve(
         if settings.dev:
             log.warning("development mode: http:// URLs and loopback destinations allowed")
         dispatcher = _dispatcher(settings, start=not no_dispatcher, detached=False)
-        logs.configure(settings.log_format, settings.log_level)  # Ray's lines too, now it is up
         config = uvicorn.Config(
             create_app(settings, engine, dispatcher),
             host=host,
@@ -136,8 +137,23 @@ def serve(
                 ray_logs=ray_logs_dir(),
             ),
         )
-        uvicorn.Server(config).run(sockets=[listening])
-        log.info("service stopped")
+        _server(config).run(sockets=[listening])
+
+
+def _server(config: uvicorn.Config) -> uvicorn.Server:
+    """uvicorn's server for ``config``, which logs the end of the service.
+
+    uvicorn raises the signal that stopped it again once it has shut down, so
+    nothing after ``run`` would be reached.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().shutdown(sockets)
+            log.info("service stopped")
+
+    return Server(config)
 
 
 app.command()(listen)

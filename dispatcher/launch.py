@@ -15,6 +15,7 @@ from typing import Any
 import ray
 from sqlalchemy.engine import make_url
 
+from dispatcher import logs
 from dispatcher.actors import DELIVERY_PREFIX, DeliveryActor, RouterActor, SchedulerActor
 from dispatcher.settings import Settings
 
@@ -38,6 +39,7 @@ def init_ray(settings: Settings) -> None:
     """Join the cluster at ``settings.ray_address``, or start a local Ray."""
     if ray.is_initialized():
         return
+    logs.configure(settings.log_format, settings.log_level)  # Ray's own lines included
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=NAMESPACE, log_to_driver=False)
     else:

@@ -84,7 +84,7 @@ def configure(log_format: str = "text", level: str = "INFO", stream: TextIO | No
     """Send this process's log lines to ``stream`` (stderr) as ``log_format``, from ``level`` up.
 
     Replaces what an earlier call installed; leaves other handlers alone, but
-    Ray's: once Ray is loaded, its logger writes through ours too (it keeps a
+    Ray's: once Ray is loaded, its lines go through ours too (it keeps a
     handler of its own otherwise), so that every line is in one format.
     """
     root = logging.getLogger()
@@ -98,9 +98,11 @@ def configure(log_format: str = "text", level: str = "INFO", stream: TextIO | No
     # Alembic tells of its dialect at every start; only its warnings are news.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
     if "ray" in sys.modules:
+        # Its lines reach the root's handler, ours; ``ray.init`` re-formats the
+        # handlers of the "ray" logger itself, so it must keep none.
         ray_logger = logging.getLogger("ray")
-        ray_logger.handlers = [handler]
-        ray_logger.propagate = False
+        ray_logger.handlers = []
+        ray_logger.propagate = True
 
 
 def attempt(log: logging.Logger, result: Result) -> None:
