@@ -119,7 +119,8 @@ class SchedulerActor:
         if settings.retention_days:
             # Its own thread and connections: a chunk never delays a claim in this process.
             retention = timedelta(days=settings.retention_days)
-            purger = Purger(self.scheduler.engine, PurgePolicy.for_retention(retention))
+            policy = PurgePolicy.for_retention(retention, settings.purge_share)
+            purger = Purger(self.scheduler.engine, policy)
             self._purge = asyncio.get_running_loop().create_task(
                 purge_continuously(purger, retention)
             )

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         description="Days finished events are kept, with their deliveries and attempts;"
         " 0 keeps everything.",
     )
+    purge_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="The share of the time retention's purge may hold the database while it"
+        " catches up; raise it if the oldest event keeps ageing past the retention.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="Log lines as readable text, or as one JSON object each."
     )

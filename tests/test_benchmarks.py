@@ -3,7 +3,7 @@
 No timing is asserted (these are benchmarks, not tests): only that each
 script finishes, prints its result as JSON on its last stdout line, writes
 the same to ``<results-dir>/<name>.json``, has its fields, and lost nothing.
-Each run starts ``sentinmail serve`` and a Ray of its own (~15 s); the four
+Each run starts ``sentinmail serve`` and a Ray of its own (~15 s); they all
 start together, so the module costs about as long as the slowest run.
 """
 
@@ -29,7 +29,14 @@ TINY: dict[str, list[str]] = {
     ],
     "priority": ["--events", "200", "--high", "20", "--hosts", "2"],
     "recovery": ["--events", "400", "--hosts", "2", "--ingest-rate", "200"],
-}
+    # benchmarks.overhead MODE, and the soak, each a fraction of a minute.
+    "overhead-purge": ["purge", "--rounds", "1", "--events", "200", "--hosts", "2",
+                       "--expired", "4000", "--purge-within", "60"],
+    "overhead-scrape": ["scrape", "--rounds", "1", "--events", "200", "--hosts", "2",
+                        "--idle-scrapes", "2"],
+    "soak": ["--minutes", "0.3", "--rate", "100", "--retention", "5", "--hosts", "2",
+             "--sample-every", "2"],
+}  # fmt: skip
 FIELDS: dict[str, set[str]] = {
     "throughput": {
         "events",
@@ -59,6 +66,21 @@ FIELDS: dict[str, set[str]] = {
     },
     "priority": {"high_p99_ms", "low_p99_ms", "ratio", "lost", "duplicates"},
     "recovery": {"accepted", "delivered", "lost", "duplicates"},
+    "overhead-purge": {
+        "baseline",
+        "feature",
+        "deliveries_per_s_ratio",
+        "cpu_ms_per_delivery_ratio",
+        "runs",
+    },
+    "overhead-scrape": {
+        "baseline",
+        "feature",
+        "deliveries_per_s_ratio",
+        "cpu_ms_per_delivery_ratio",
+        "runs",
+    },
+    "soak": {"rows", "size", "samples", "events_posted", "lost", "duplicates"},
 }
 
 
@@ -68,7 +90,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     started = {}
     for name, args in TINY.items():
         results = tmp_path_factory.mktemp(name)
-        command = [sys.executable, "-m", f"benchmarks.{name}", *args, "--results-dir", str(results)]
+        module = f"benchmarks.{name.split('-')[0]}"  # overhead-purge: benchmarks.overhead purge
+        command = [sys.executable, "-m", module, *args, "--results-dir", str(results)]
         proc = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -112,3 +135,15 @@ def test_benchmark_runs_and_loses_nothing(name: str, runs: dict[str, Any]) -> No
         assert all(r["with_bad_hosts"]["lost"] == 0 for r in result["rounds"])
     if name == "recovery":
         assert result["delivered"] == result["accepted"] == 400
+    if name == "overhead-purge":
+        purged = next(r for r in result["runs"] if r["variant"] == "feature")
+        kept = next(r for r in result["runs"] if r["variant"] == "baseline")
+        assert purged["expired_events_left"] == 0  # retention on: all gone
+        assert kept["expired_events_left"] == kept["expired_events"] == 1000  # off: all kept
+    if name == "overhead-scrape":
+        scraped = next(r for r in result["runs"] if r["variant"] == "feature")
+        assert "cpu_ms_per_scrape" in scraped["idle"]
+    if name == "soak":
+        assert result["events_posted"] > 0
+        assert len(result["samples"]) >= 3
+        assert (results / "soak.png").stat().st_size > 0

@@ -205,56 +205,20 @@ def test_a_delivery_reopened_meanwhile_keeps_its_event(postgres_database: str) -
     ("chunk", "seconds", "policy", "limit", "rest", "next_limit"),
     [
         # a pass's last chunk: fewer events than asked -> idle until the next pass
-        (
-            Chunk(examined=3, events=3, deliveries=3, attempts=3),
-            0.01,
-            PurgePolicy(),
-            100,
-            60.0,
-            200,
-        ),
-        # a full chunk at duty 0.2 rests four times as long as it took
-        (
-            Chunk(examined=100, events=100, deliveries=100, attempts=100),
-            0.05,
-            PurgePolicy(),
-            100,
-            0.2,
-            200,
-        ),
-        # at duty 0.5, as long as it took
-        (
-            Chunk(examined=100, events=100, deliveries=100, attempts=100),
-            0.05,
-            PurgePolicy(duty=0.5),
-            100,
-            0.05,
-            200,
-        ),
-        # heavy events (20 rows each): the next chunk shrinks to max_rows' worth
-        (
-            Chunk(examined=100, events=100, deliveries=1000, attempts=900),
-            0.05,
-            PurgePolicy(),
-            100,
-            0.2,
-            100,
-        ),
-        (
-            Chunk(examined=100, events=100, deliveries=4000, attempts=5900),
-            0.05,
-            PurgePolicy(),
-            100,
-            0.2,
-            20,
-        ),
+        (Chunk(3, events=3, deliveries=3, attempts=3), 0.01, PurgePolicy(), 100, 60.0, 200),
+        # a full chunk at duty 0.1 rests nine times as long as it took; at 0.5 as long
+        (Chunk(100, events=100, deliveries=100, attempts=100), 0.05, PurgePolicy(), 100, 0.45, 200),
+        (Chunk(100, events=100, deliveries=100, attempts=100), 0.05, PurgePolicy(duty=0.5), 100, 0.05, 200),
+        # heavy events (20 rows each, then 100): the next chunk shrinks to max_rows' worth
+        (Chunk(100, events=100, deliveries=1000, attempts=900), 0.05, PurgePolicy(), 100, 0.45, 100),
+        (Chunk(100, events=100, deliveries=4000, attempts=5900), 0.05, PurgePolicy(), 100, 0.45, 20),
         # events all kept (nothing deleted): each still costs its look-up
-        (Chunk(examined=100), 0.05, PurgePolicy(), 100, 0.2, 200),
+        (Chunk(100), 0.05, PurgePolicy(), 100, 0.45, 200),
         # never past max_events, never under one
-        (Chunk(examined=800, events=800), 0.05, PurgePolicy(), 800, 0.2, 1000),
-        (Chunk(examined=1, events=1, deliveries=5000), 0.05, PurgePolicy(), 1, 0.2, 1),
+        (Chunk(800, events=800), 0.05, PurgePolicy(), 800, 0.45, 1000),
+        (Chunk(1, events=1, deliveries=5000), 0.05, PurgePolicy(), 1, 0.45, 1),
     ],
-)
+)  # fmt: skip
 def test_purge_pace(
     chunk: Chunk, seconds: float, policy: PurgePolicy, limit: int, rest: float, next_limit: int
 ) -> None:
