@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import warnings
 import zlib
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -54,8 +55,12 @@ def _announce(kind: str, settings: Settings) -> None:
     (``max_restarts=-1``): the counter of restarts is kept in the database,
     with the service's other counters, so that it outlives every process.
     """
-    logs.configure(settings.log_format, settings.log_level)
-    if not ray.get_runtime_context().was_current_actor_reconstructed:
+    logs.configure_from(settings)
+    with warnings.catch_warnings():
+        # Ray 2.60's own property reads its deprecated ``actor_id`` and warns of that.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    if not restarted:
         log.info("%s actor started", kind, extra=logs.fields(actor=kind))
         return
     log.warning("%s actor restarted", kind, extra=logs.fields(actor=kind))

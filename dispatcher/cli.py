@@ -54,7 +54,7 @@ def _root(
 ) -> None:
     overrides = {} if database_url is None else {"database_url": database_url}
     ctx.obj = load_settings(**overrides)
-    logs.configure(ctx.obj.log_format, ctx.obj.log_level)
+    logs.configure_from(ctx.obj)
 
 
 def _settings(ctx: typer.Context) -> Settings:

@@ -39,7 +39,7 @@ def init_ray(settings: Settings) -> None:
     """Join the cluster at ``settings.ray_address``, or start a local Ray."""
     if ray.is_initialized():
         return
-    logs.configure(settings.log_format, settings.log_level)  # Ray's own lines included
+    logs.configure_from(settings)  # Ray's own lines included
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=NAMESPACE, log_to_driver=False)
     else:

@@ -95,7 +95,13 @@ class Settings(BaseSettings):
         default="text", description="Log lines as readable text, or as one JSON object each."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="The least severe level logged; INFO has a line per attempt."
+        default="INFO", description="The least severe level logged; INFO has attempts' lines."
+    )
+    log_success_sample: int = Field(
+        default=100,
+        ge=0,
+        description="One successful attempt in this many is logged (1: all, 0: none);"
+        " every failed attempt is.",
     )
 
     @field_validator("retry_schedule")

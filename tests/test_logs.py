@@ -121,7 +121,7 @@ async def attempt_all(transport: MockTransport, policy: WorkerPolicy, jobs: list
 
 
 async def test_a_line_per_attempt_with_its_facts_and_no_secret(captured: io.StringIO) -> None:
-    logs.configure("json", "INFO", stream=captured)
+    logs.configure("json", "INFO", stream=captured, success_sample=1)
     sent: list[Request] = []
 
     def handler(request: Request) -> Response:
@@ -153,6 +153,26 @@ async def test_a_line_per_attempt_with_its_facts_and_no_secret(captured: io.Stri
     signatures = [r.headers["webhook-signature"] for r in sent]
     for secret in [SECRET, SECRET.removeprefix("whsec_"), MARKER, "t0ps3cret", *signatures]:
         assert secret not in text
+
+
+async def test_failures_are_all_logged_successes_one_in_a_sample(captured: io.StringIO) -> None:
+    logs.configure("json", "INFO", stream=captured, success_sample=100)
+    policy = WorkerPolicy(lanes=LanePolicy(concurrency=64), flush_interval=0.001)
+
+    def answer(request: Request) -> Response:  # multiples of 7 fail (and retry later)
+        delivery_id = int(request.headers["webhook-id"].removeprefix("evt-"))
+        return Response(503 if delivery_id % 7 == 0 else 200, {}, 0.001)
+
+    await attempt_all(MockTransport(answer), policy, [job(i) for i in range(1, 401)])
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    retried = {line["delivery_id"] for line in lines if line["message"] == "attempt retry"}
+    succeeded = {
+        line["delivery_id"]: line["sampled"]
+        for line in lines
+        if line["message"] == "attempt succeeded"
+    }
+    assert retried == set(range(7, 401, 7))
+    assert succeeded == {100: 100, 200: 100, 300: 100, 400: 100}
 
 
 async def test_a_breaker_opening_is_logged(captured: io.StringIO) -> None:
@@ -196,6 +216,7 @@ def test_a_real_run_logs_json_lines_without_secrets(
         **os.environ,
         "SENTINMAIL_DATABASE_URL": database_url,
         "SENTINMAIL_LOG_FORMAT": "json",
+        "SENTINMAIL_LOG_SUCCESS_SAMPLE": "1",  # its one attempt succeeds: logged all the same
         "SENTINMAIL_DELIVERY_ACTORS": "1",
     }
     # Join the session's Ray (as test_serve_e2e does); the actors are this serve's own.

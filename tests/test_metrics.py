@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -333,3 +337,48 @@ def test_an_actor_restart_is_counted(start: Callable[..., Api], receivers: Recei
     families = scrape(api.client)
     assert value(families, restarts, actor="scheduler") == 0
     assert value(families, restarts, actor="router") == 0
+
+
+INGEST_IN_A_PROCESS = """
+import sys
+from api.metrics import IngestMetrics
+from models.events import EventIn, Ingested
+
+metrics = IngestMetrics(registry=None)
+events = [EventIn(type=sys.argv[1], recipient="a@example.com")] * int(sys.argv[2])
+metrics.accepted(events, Ingested([f"e{i}" for i in range(len(events))], [], len(events)))
+metrics.duration.observe(0.01)
+"""
+
+EXPOSE = """
+import sys
+from api.metrics import Metrics
+from models.db import make_engine
+import asyncio
+
+print(asyncio.run(Metrics(make_engine(sys.argv[1]), None).exposition()).decode())
+"""
+
+
+def test_api_processes_sharing_a_multiprocess_directory_add_up(
+    tmp_path: Path, database_url: str
+) -> None:
+    # Several API processes on one port (each a prometheus-client process of its own):
+    # with PROMETHEUS_MULTIPROC_DIR, any one of them serves their sum.
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+
+    def python(code: str, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            env=env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return done.stdout
+
+    python(INGEST_IN_A_PROCESS, "opened", "3")
+    python(INGEST_IN_A_PROCESS, "opened", "4")
+    python(INGEST_IN_A_PROCESS, "bounced", "1")
+    families = {f.name: f for f in text_string_to_metric_families(python(EXPOSE, database_url))}
+    assert value(families, "sentinmail_events_accepted_total", type="opened") == 7
+    assert value(families, "sentinmail_events_accepted_total", type="bounced") == 1
+    assert value(families, "sentinmail_ingest_request_duration_seconds_count") == 3
+    assert value(families, "sentinmail_attempts_total", result="success") == 0  # the database's
