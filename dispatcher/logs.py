@@ -85,6 +85,21 @@ def _text(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False) if not text or " " in text or '"' in text else text
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is at each line, not as it was at start (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def configure(
     log_format: str = "text",
     level: str = "INFO",
@@ -105,7 +120,7 @@ def configure(
     root = logging.getLogger()
     for handler in [h for h in root.handlers if h.get_name() == HANDLER]:
         root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream else _Stderr()
     handler.set_name(HANDLER)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root.addHandler(handler)

@@ -8,7 +8,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine, func, select, text, update
 from sqlmodel import Session, col
+from typer.testing import CliRunner
 
+from dispatcher import cli
 from dispatcher.retention import PurgePace, PurgePolicy, Purger, parse_duration
 from models import counters
 from models.base import utcnow
@@ -253,3 +255,38 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_db_purge_by_hand_prints_what_it_removed(
+    database_url: str, engine: Engine, account: str
+) -> None:
+    add_events(engine, account, ["old", "older", "new"])
+    age(engine, ["old"], accepted=timedelta(days=3))
+    age(engine, ["older"], accepted=timedelta(days=10), attempts=2)
+    invoke = CliRunner().invoke
+    result = invoke(cli.app, ["--database-url", database_url, "db", "purge", "--older-than", "5d"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1].startswith(
+        "removed 1 events, 2 deliveries and 4 attempts older than 5 days"
+    )
+    assert remaining(engine) == {"old", "new"}
+    result = invoke(cli.app, ["--database-url", database_url, "db", "purge"])  # 30 days
+    assert result.exit_code == 0, result.output
+    assert remaining(engine) == {"old", "new"}
+    result = invoke(cli.app, ["--database-url", database_url, "db", "purge", "--older-than", "5"])
+    assert result.exit_code == 2
+    assert "not a duration" in result.output
+
+
+def test_db_purge_with_retention_off_removes_nothing(
+    database_url: str, engine: Engine, account: str
+) -> None:
+    add_events(engine, account, ["ancient"])
+    age(engine, ["ancient"], accepted=timedelta(days=400))
+    result = CliRunner().invoke(
+        cli.app, ["--database-url", database_url, "db", "purge"],
+        env={"SENTINMAIL_RETENTION_DAYS": "0"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "retention is off" in result.stdout
+    assert remaining(engine) == {"ancient"}
