@@ -31,6 +31,7 @@ types, results, statuses, priorities, tables and actor kinds.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -97,18 +98,20 @@ class IngestMetrics:
 
     def accepted(self, events: Sequence[EventIn], result: Ingested) -> None:
         """Count what one 202 accepted, by type (an id's first occurrence in the batch)."""
-        if not result.duplicates:
+        if result.duplicates:
+            self._duplicates.inc(len(result.duplicates))
+            new = set(result.accepted)
+            kept = []
             for event in events:
-                self._by_type[event.type.value].inc()
-            return
-        self._duplicates.inc(len(result.duplicates))
-        new = set(result.accepted)
-        for event in events:
-            if event.id is None:
-                self._by_type[event.type.value].inc()
-            elif event.id in new:
-                new.discard(event.id)
-                self._by_type[event.type.value].inc()
+                if event.id is None:
+                    kept.append(event)
+                elif event.id in new:
+                    new.discard(event.id)
+                    kept.append(event)
+            events = kept
+        # One increment per type, not per event: a batch holds up to 1,000.
+        for event_type, count in collections.Counter(e.type for e in events).items():
+            self._by_type[event_type].inc(count)
 
 
 class IngestTimer:

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from benchmarks import load
 from benchmarks.harness import RESULTS, Arrivals, Bench, machine, run_main, stderr, write_result
+from benchmarks.service import label
 
 TABLES = ("event", "delivery", "attempt")
 
@@ -50,6 +52,19 @@ def database_size(engine: Engine, database_url: str) -> dict[str, int]:
             }
         size = connection.exec_driver_sql("SELECT pg_database_size(current_database())")
         return {"bytes": int(size.scalar_one())}
+
+
+def rss_by_process(bench: Bench) -> dict[str, float]:
+    """MiB of resident memory now, per kind of service process (a leak shows as a slope)."""
+    totals: dict[str, float] = {}
+    for proc in bench.service.processes():
+        try:
+            rss = proc.memory_info().rss
+        except psutil.Error:
+            continue
+        kind = label(proc)
+        totals[kind] = round(totals.get(kind, 0.0) + rss / 2**20, 1)
+    return totals
 
 
 def row_counts(engine: Engine) -> dict[str, int]:
@@ -190,7 +205,7 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
                 "rows": rows,
                 "size": size,
                 "metrics": await scrape(bench.http, bench.service.base_url),
-                "service_rss_mb": round(bench.sampler.peak_rss / 2**20, 1),
+                "rss_mb": await asyncio.to_thread(rss_by_process, bench),
             }
             samples.append(sample)
             stderr.print(
@@ -206,6 +221,7 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.5)
     total_rows = [{"t": s["t"], "total": sum(s["rows"].values())} for s in samples]
+    first, last = (samples[0]["rss_mb"], samples[-1]["rss_mb"]) if samples else ({}, {})
     result: dict[str, Any] = {
         "benchmark": "soak",
         "database": make_url(bench.database_url).get_backend_name(),
@@ -217,6 +233,7 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
         "duplicates": sum(1 for n in arrivals.counts.values() if n > 1),
         "rows": leveled(total_rows, "total"),
         "size": leveled([{"bytes": s["size"]["bytes"]} for s in samples], "bytes"),
+        "rss_mb_first_last": {k: (first.get(k), last.get(k)) for k in sorted({*first, *last})},
         "samples": samples,
         "machine": info,
     }
