@@ -62,7 +62,7 @@ def rss_by_process(bench: Bench) -> dict[str, float]:
             rss = proc.memory_info().rss
         except psutil.Error:
             continue
-        kind = label(proc)
+        kind = label(proc).split(".")[0]  # "SchedulerActor.record": the method it runs
         totals[kind] = round(totals.get(kind, 0.0) + rss / 2**20, 1)
     return totals
 
