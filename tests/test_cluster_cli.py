@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PG_SERVER, emptied
 from tests.receivers import Receivers, wait_until
@@ -43,6 +44,17 @@ def sentinmail(
         timeout=120,
         check=False,
     )
+
+
+def scraped(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``base``'s ``/metrics``, by name and labels."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def call(method: str, url: str, key: str, body: object | None = None) -> dict[str, object]:
@@ -104,6 +116,14 @@ def test_api_replicas_share_one_detached_dispatcher(
                     [{"type": "opened", "recipient": "a@example.com"}] * 5,
                 )
             wait_until(lambda: receiver.count() >= 10)
+            # /metrics: each replica its own ingestion; the dispatcher's numbers from both.
+            succeeded = ("sentinmail_attempts_total", (("result", "success"),))
+            wait_until(lambda: all(scraped(b)[succeeded] == 10 for b in (first, second)))
+            for base in (first, second):
+                metrics = scraped(base)
+                assert metrics["sentinmail_events_accepted_total", (("type", "opened"),)] == 5
+                assert metrics["sentinmail_dispatcher_up", ()] == 1
+                assert metrics["sentinmail_actors_up", (("actor", "delivery"),)] == 2
         # The API processes are gone; the dispatcher is not, and it grows on demand.
         grown = sentinmail(
             database_url, "dispatcher", "--ray-address", ray_address,
