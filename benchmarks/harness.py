@@ -320,6 +320,7 @@ class Bench:
         hang: float = 20.0,
         delay: float = 0.05,
         create_database: bool = False,
+        serve_args: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.create_database = create_database and database_url is not None
@@ -328,7 +329,7 @@ class Bench:
         self.database_url = database_url or f"sqlite:///{self._tmp}/bench.db"
         self.backend = make_url(self.database_url).get_backend_name()
         self.tag = load.run_tag()
-        self.service = Service(self.database_url, env or {}, log_dir=self._tmp)
+        self.service = Service(self.database_url, env or {}, list(serve_args), log_dir=self._tmp)
         self.sampler = Sampler(self.service)
         self._receiver_options = (receivers, hang, delay)
         self._receivers: Receivers | None = None

@@ -62,10 +62,14 @@ def label(proc: Any) -> str:
 
 @dataclass
 class Service:
-    """One running ``sentinmail serve --dev``; ``env`` adds ``SENTINMAIL_*`` settings."""
+    """One running ``sentinmail serve --dev``; ``env`` adds ``SENTINMAIL_*`` settings.
+
+    ``args`` are more options for ``serve`` (``--workers 2``, say).
+    """
 
     database_url: str
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sentinmail-")))
     proc: subprocess.Popen[str] | None = None
@@ -97,7 +101,7 @@ class Service:
             **self.env,
             "SENTINMAIL_DATABASE_URL": self.database_url,
         }
-        command = [str(SENTINMAIL), "serve", "--dev", "--port", str(self.port)]
+        command = [str(SENTINMAIL), "serve", "--dev", "--port", str(self.port), *self.args]
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(
                 command,

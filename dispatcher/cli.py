@@ -7,7 +7,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -35,6 +35,9 @@ app.add_typer(db_app, name="db")
 
 err = Console(stderr=True)
 log = logging.getLogger(__name__)
+
+ACCESS_LOG = True
+"""Whether ``serve`` logs every request by default."""
 
 RayAddress = Annotated[
     str | None,
@@ -124,8 +127,7 @@ def serve(
             create_app(settings, engine, dispatcher),
             host=host,
             port=port,
-            log_level="info",
-            log_config=None,  # uvicorn's lines go through ours (dispatcher.logs)
+            **uvicorn_options(workers=1, access_log=ACCESS_LOG),
         )
         log.info(
             "service starting",
@@ -154,6 +156,15 @@ def _server(config: uvicorn.Config) -> uvicorn.Server:
             log.info("service stopped")
 
     return Server(config)
+
+
+def uvicorn_options(*, workers: int, access_log: bool) -> dict[str, Any]:
+    """How ``serve`` runs uvicorn (the benchmarks' bare front door runs the same way)."""
+    # log_config None: uvicorn's lines go through ours (dispatcher.logs).
+    options: dict[str, Any] = {"log_level": "info", "log_config": None, "access_log": access_log}
+    if workers > 1:
+        options["workers"] = workers
+    return options
 
 
 app.command()(listen)
