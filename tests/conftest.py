@@ -149,7 +149,8 @@ def ray_cluster() -> Iterator[None]:
     """One local Ray for the whole session, shut down at the end (only the one we started)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a Ray of its own, even while another suite has a cluster up on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
