@@ -67,6 +67,11 @@ class _TurnTakingConnection(sqlite3.Connection):
             _holders.add(thread)
         self._turn_holder = thread
 
+    @property
+    def holds_turn(self) -> bool:
+        """Whether this connection holds the write turn."""
+        return self._turn_holder is not None
+
     def _end_turn(self) -> None:
         if self._turn_holder is not None:
             with _holders_lock:
@@ -97,10 +102,19 @@ class _TurnTakingConnection(sqlite3.Connection):
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create the engine for ``url`` (any SQLAlchemy URL)."""
+    """Create the engine for ``url`` (any SQLAlchemy URL).
+
+    A connection going back to the pool is rolled back only if a transaction
+    is still open on it (:func:`_roll_back_if_open`), where SQLAlchemy's
+    default rolls back every one: a call per commit for nothing, and none at
+    all after a failed commit, which is the one case that needs it.
+    """
+    kwargs.setdefault("pool_reset_on_return", None)
     if make_url(url).get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
-        return create_engine(url, **kwargs)
+        engine = create_engine(url, **kwargs)
+        event.listen(engine, "reset", _roll_back_if_open)
+        return engine
 
     engine = create_engine(
         url,
@@ -133,7 +147,29 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             dbapi_connection.take_turn()
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
+    event.listen(engine, "reset", _roll_back_if_open)
     return engine
+
+
+def _roll_back_if_open(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+    """Roll back a connection that comes back to the pool inside a transaction.
+
+    A commit that fails (in the driver, or in SQLAlchemy before it) leaves the
+    transaction open, and SQLAlchemy, taking it for ended, hands the connection
+    out again as it is: the next ``BEGIN IMMEDIATE`` fails on SQLite, and on
+    PostgreSQL the next transaction would commit the failed one's rows with
+    its own. On SQLite the write turn is given back too.
+    """
+    if isinstance(dbapi_connection, _TurnTakingConnection):
+        open_ = dbapi_connection.in_transaction or dbapi_connection.holds_turn
+    elif type(dbapi_connection).__module__.startswith("psycopg"):
+        from psycopg.pq import TransactionStatus  # loaded already, by the dialect
+
+        open_ = dbapi_connection.info.transaction_status != TransactionStatus.IDLE
+    else:  # a driver we cannot ask: as SQLAlchemy would
+        open_ = True
+    if open_:
+        dbapi_connection.rollback()
 
 
 def reader(engine: Engine) -> Engine:

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session
 
 from models.db import make_engine, reader
 
@@ -105,3 +106,27 @@ def test_a_thread_holding_the_turn_is_not_made_to_wait_for_itself(engine: Engine
 
 def _give_up(signum: int, frame: object) -> None:
     raise TimeoutError("take_turn waited on its own thread")
+
+
+def test_a_failed_commit_gives_the_turn_back_and_leaves_no_transaction_behind(
+    engine: Engine,
+) -> None:
+    # SQLAlchemy takes a transaction whose commit failed for ended and pools its
+    # connection as it is; the pool's reset must roll it back.
+    failing = True
+
+    def fail(_connection: object) -> None:
+        if failing:
+            raise OperationalError("COMMIT", {}, Exception("disk I/O error (injected)"))
+
+    event.listen(engine, "commit", fail)
+    with Session(engine) as session:
+        session.execute(text("INSERT INTO t VALUES (1)"))
+        with pytest.raises(OperationalError):
+            session.commit()
+    assert not turn_is_taken(engine)
+    failing = False
+    with engine.begin() as connection:  # the same pooled connection, in no transaction
+        connection.execute(text("INSERT INTO t VALUES (2)"))
+    with reader(engine).connect() as connection:
+        assert connection.execute(text("SELECT id FROM t")).scalars().all() == [2]
