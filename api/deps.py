@@ -1,4 +1,4 @@
-"""Request dependencies as ``Annotated`` aliases: the session, settings, dispatcher and caller."""
+"""Request dependencies as ``Annotated`` aliases: session, settings, dispatcher, ingestion, key."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from dispatcher.settings import Settings
 from models.accounts import Account, authenticate
+from models.group_commit import GroupCommit
 
 api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="Your SentinMail API key."
@@ -56,9 +57,16 @@ async def get_dispatcher(request: Request) -> DispatcherHandle | None:
     return dispatcher
 
 
+async def get_ingestion(request: Request) -> GroupCommit:
+    """The app's group commit, where each request of events waits for its commit."""
+    ingestion: GroupCommit = request.app.state.ingestion
+    return ingestion
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DispatcherDep = Annotated[DispatcherHandle | None, Depends(get_dispatcher)]
+IngestionDep = Annotated[GroupCommit, Depends(get_ingestion)]
 
 
 def get_account(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> Account:

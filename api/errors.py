@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
-from models.errors import InvalidInput, NotFound
+from models.errors import InvalidInput, NotFound, Unavailable
 
 
 class ErrorMessage(BaseModel):
@@ -80,8 +80,18 @@ def _documented_methods(app: FastAPI, path: str) -> set[str]:
     return set()
 
 
+def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Unavailable)
+    return JSONResponse(
+        {"detail": exc.reason},
+        status_code=503,
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers of HTTP and domain errors on ``app``."""
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(InvalidInput, _invalid)
+    app.add_exception_handler(Unavailable, _unavailable)

@@ -2,7 +2,8 @@
 
 DomainError
  ├── NotFound          the resource does not exist for this account
- └── InvalidInput      a field is well-formed but not acceptable here
+ ├── InvalidInput      a field is well-formed but not acceptable here
+ └── Unavailable       the database did not commit; the caller should retry
 """
 
 from __future__ import annotations
@@ -28,3 +29,16 @@ class InvalidInput(DomainError):
         super().__init__(f"{'.'.join(map(str, loc))}: {message}")
         self.loc = loc
         self.message = message
+
+
+class Unavailable(DomainError):
+    """The database failed to commit a request's writes; retrying is safe.
+
+    Whether they were stored is unknown (a commit can fail after it took
+    effect): a retried event that was stored comes back as a duplicate.
+    """
+
+    def __init__(self, reason: str, retry_after: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after

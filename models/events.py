@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -30,7 +31,6 @@ from sqlmodel import Field, Session, SQLModel, col
 from models.base import UTCDateTime, new_id, utcnow
 from models.deliveries import DELIVERY, Attempt, Delivery
 from models.driver import driver, insert_rows
-from models.endpoints import Endpoint
 from models.errors import NotFound
 from models.event_types import EventType
 from models.jobs import DeliveryStatus
@@ -284,92 +284,127 @@ class Ingested:
     deliveries: int
 
 
-def ingest(session: Session, account_id: str, events: list[EventIn]) -> Ingested:
+Submission = tuple[str, Sequence[EventIn]]
+"""One request's events and the account that posted them."""
+
+
+def ingest(session: Session, account_id: str, events: Sequence[EventIn]) -> Ingested:
     """Store new events and their deliveries in one transaction, and commit.
 
     An id the account already submitted (before, or earlier in this batch) is
     a duplicate and creates nothing. A concurrent ingestion of the same id is
     caught by the primary key, and the batch is then retried once.
     """
+    return ingest_many(session, [(account_id, events)])[0]
+
+
+def ingest_many(session: Session, submissions: Sequence[Submission]) -> list[Ingested]:
+    """Store the events of several requests in one transaction and one commit.
+
+    Each submission gets what :func:`ingest` would have given it had they run
+    one after the other in this order: an id its account submitted before,
+    in this group or earlier, is a duplicate. Nothing is stored unless
+    everything is (one commit).
+    """
     try:
-        return _ingest(session, account_id, events)
+        return _ingest_many(session, submissions)
     except IntegrityError:
         session.rollback()
-        return _ingest(session, account_id, events)
+        return _ingest_many(session, submissions)
 
 
-def _ingest(session: Session, account_id: str, events: list[EventIn]) -> Ingested:
+def _ingest_many(session: Session, submissions: Sequence[Submission]) -> list[Ingested]:
     now = utcnow()
-    ids = [e.id or _new_event_id() for e in events]
-    known = _known_ids(session, account_id, ids)
-    accepted: list[str] = []
-    duplicates: list[str] = []
-    new: list[EventIn] = []
-    for event, event_id in zip(events, ids, strict=True):
-        if event_id in known:
-            duplicates.append(event_id)
-            continue
-        known.add(event_id)
-        accepted.append(event_id)
-        new.append(event)
-    deliveries: list[tuple[Any, ...]] = []
+    named = [
+        (account_id, [e.id or _new_event_id() for e in events], events)
+        for account_id, events in submissions
+    ]
+    known = _known_ids(session, [(a, i) for a, ids, _ in named for i in ids])
+    accepted: list[list[str]] = []
+    duplicates: list[list[str]] = []
+    new: list[tuple[int, str, str, EventIn]] = []  # (submission, account, id, event)
+    for index, (account_id, ids, events) in enumerate(named):
+        accepted.append([])
+        duplicates.append([])
+        for event, event_id in zip(events, ids, strict=True):
+            if (account_id, event_id) in known:
+                duplicates[index].append(event_id)
+                continue
+            known.add((account_id, event_id))
+            accepted[index].append(event_id)
+            new.append((index, account_id, event_id, event))
+    made = [0] * len(named)
     if new:
         _, db = driver(session)
         created_at = db.time(now)
+        # status, attempts, due_at, created_at, updated_at
+        pending = (_PENDING, 0, created_at, created_at, created_at)
         default_timestamp = _timestamp(now)
-        rows = [
-            (
-                account_id,
-                event_id,
-                event.type.value,
-                _payload_body(event, event_id, default_timestamp),
-                created_at,
-            )
-            for event, event_id in zip(new, accepted, strict=True)
-        ]
-        deliveries = _outbox(session, account_id, rows, created_at)
+        subscribed = _subscriptions(session, {account_id for _, account_id, _, _ in new})
+        rows: list[tuple[Any, ...]] = []
+        deliveries: list[tuple[Any, ...]] = []
+        for index, account_id, event_id, event in new:
+            event_type = event.type.value
+            body = _payload_body(event, event_id, default_timestamp)
+            rows.append((account_id, event_id, event_type, body, created_at))
+            priority = _PRIORITY[event_type]
+            for endpoint_id, types in subscribed.get(account_id, ()):
+                if event_type in types:
+                    deliveries.append((account_id, event_id, endpoint_id, priority, *pending))
+                    made[index] += 1
         insert_rows(session, EVENT.name, _EVENT_COLUMNS, rows)
         if deliveries:
             insert_rows(session, DELIVERY.name, _DELIVERY_COLUMNS, deliveries)
     session.commit()
-    return Ingested(accepted, duplicates, len(deliveries))
+    return [Ingested(*r) for r in zip(accepted, duplicates, made, strict=True)]
 
 
-def _known_ids(session: Session, account_id: str, ids: list[str]) -> set[str]:
-    """Which of ``ids`` the account has already submitted.
+def _known_ids(session: Session, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which ``(account id, event id)`` pairs are already stored.
 
-    The IN list goes straight to the driver: SQLAlchemy's expansion of the
-    bound values cost 3.5 us per id, the query itself 0.5.
+    One statement for the whole group, over one bound value whatever its
+    length: two arrays on PostgreSQL; on SQLite a JSON array of pairs joined
+    through ``json_each``, so that each pair is a search of the primary key
+    (a row-value ``IN (VALUES ...)`` scanned the table).
     """
-    if not ids:
+    if not pairs:
         return set()
     connection, db = driver(session)
-    m, listed = db.mark, db.marks(len(ids))
-    sql = f"SELECT id FROM {EVENT.name} WHERE account_id = {m} AND id IN ({listed})"
-    return {row[0] for row in connection.exec_driver_sql(sql, (account_id, *ids))}
-
-
-def _outbox(
-    session: Session, account_id: str, events: list[tuple[Any, ...]], now: Any
-) -> list[tuple[Any, ...]]:
-    """One delivery row per event row and subscribed, enabled endpoint; ``now`` as bound."""
-    endpoints = [
-        (endpoint_id, frozenset(subscribed))
-        for endpoint_id, subscribed in session.execute(
-            select(col(Endpoint.id), col(Endpoint.events)).where(
-                col(Endpoint.account_id) == account_id, col(Endpoint.enabled).is_(True)
-            )
+    if db.postgresql:
+        a = db.list_mark
+        sql = (
+            "SELECT e.account_id, e.id FROM event AS e"
+            f" JOIN unnest({a}::text[], {a}::text[]) AS k (account_id, id)"
+            " ON e.account_id = k.account_id AND e.id = k.id"
         )
-    ]
-    rows = []
-    for _, event_id, event_type, _, _ in events:
-        priority = _PRIORITY[event_type]
-        for endpoint_id, subscribed in endpoints:
-            if event_type in subscribed:
-                rows.append(
-                    (account_id, event_id, endpoint_id, priority, _PENDING, 0, now, now, now)
-                )
-    return rows
+        params: tuple[Any, ...] = ([p[0] for p in pairs], [p[1] for p in pairs])
+    else:
+        sql = (
+            f"SELECT e.account_id, e.id FROM json_each({db.mark}) AS k JOIN event AS e"
+            " ON e.account_id = json_extract(k.value, '$[0]')"
+            " AND e.id = json_extract(k.value, '$[1]')"
+        )
+        params = (json.dumps(pairs),)
+    return {(row[0], row[1]) for row in connection.exec_driver_sql(sql, params)}
+
+
+def _subscriptions(
+    session: Session, account_ids: set[str]
+) -> dict[str, list[tuple[str, frozenset[str]]]]:
+    """Per account, its enabled endpoints and the event types each subscribes to."""
+    connection, db = driver(session)
+    sql = (
+        "SELECT account_id, id, events FROM endpoint"
+        f" WHERE account_id {db.in_list('text')} AND enabled IS TRUE"
+    )
+    found: dict[str, list[tuple[str, frozenset[str]]]] = {}
+    for account_id, endpoint_id, subscribed in connection.exec_driver_sql(
+        sql, (db.values(sorted(account_ids)),)
+    ):
+        # JSON text on SQLite, already parsed by psycopg.
+        types = json.loads(subscribed) if isinstance(subscribed, str) else subscribed
+        found.setdefault(account_id, []).append((endpoint_id, frozenset(types)))
+    return found
 
 
 def get_event(session: Session, account_id: str, event_id: str) -> EventOut:

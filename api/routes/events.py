@@ -9,7 +9,8 @@ from fastapi import Depends, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
-from api.deps import AccountDep, DispatcherDep, SessionDep
+from api.deps import AccountDep, IngestionDep, SessionDep
+from api.errors import ErrorMessage
 from api.metrics import IngestMetricsDep
 from api.routing import SHARED_RESPONSES, not_found, resource_router
 from models import events as store
@@ -92,25 +93,35 @@ def _parse_and_validate(body: bytes) -> list[EventIn]:
             }
         },
         413: {**SHARED_RESPONSES[413], "description": "Request body over 1 MiB."},
+        503: {
+            "model": ErrorMessage,
+            "description": "The database did not commit: nothing is acknowledged. Retry after "
+            "the seconds in `Retry-After`; an event that was stored after all comes back "
+            "as a duplicate.",
+            "headers": {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying.",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            },
+        },
     },
 )
-def ingest_events(
+async def ingest_events(
     events: Annotated[list[EventIn], Depends(event_batch)],
     account: AccountDep,
-    session: SessionDep,
-    dispatcher: DispatcherDep,
+    ingestion: IngestionDep,
     metrics: IngestMetricsDep,
 ) -> Response:
     """Accept events for delivery to every subscribed, enabled endpoint of the account.
 
     202 means the events and their deliveries are committed: nothing accepted
     is lost. Delivery happens afterwards; follow it with ``GET /api/emails/events/{id}/``.
+    Concurrent requests are committed together (see ``models.group_commit``).
     """
-    result = store.ingest(session, account.id, events)
+    result = await ingestion.ingest(account.id, events)
     metrics.accepted(events, result)  # committed: a 202 is decided
-    if result.deliveries and dispatcher is not None:
-        dispatcher.wake()
-    # Serialized here: FastAPI would validate the answer again, in another thread hop.
+    # Serialized here: FastAPI would validate the answer again.
     accepted = Accepted(
         accepted=result.accepted, duplicates=result.duplicates, deliveries=result.deliveries
     )
