@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from api import errors, openapi
 from api.deps import DispatcherHandle
+from api.key_cache import KeyCache
 from api.metrics import IngestTimer, Metrics
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
 from api.routes import endpoints, events, health, metrics
@@ -62,6 +63,7 @@ def create_app(
     app.state.reader = reader(app.state.engine)
     app.state.dispatcher = dispatcher
     app.state.metrics = Metrics(app.state.reader, dispatcher)
+    app.state.keys = KeyCache(settings.key_cache_seconds)
 
     def committed(stored: list[Ingested]) -> None:
         if dispatcher is not None and any(s.deliveries for s in stored):

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
+from sqlalchemy import Engine
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
+from api.key_cache import KeyCache, Missing
 from dispatcher.settings import Settings
-from models.accounts import Account, authenticate
+from models.accounts import Account, authenticate, hash_key
 from models.group_commit import GroupCommit
+
+clock = time.monotonic
+"""The key cache's clock (tests move it)."""
 
 api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="Your SentinMail API key."
@@ -69,19 +76,35 @@ DispatcherDep = Annotated[DispatcherHandle | None, Depends(get_dispatcher)]
 IngestionDep = Annotated[GroupCommit, Depends(get_ingestion)]
 
 
-def get_account(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> Account:
+async def get_account(
+    request: Request, key: Annotated[str | None, Security(api_key_header)]
+) -> Account:
     """The account whose live key is in ``X-API-Key``; 401 otherwise.
 
-    Looked up in a read-only transaction of its own, so that authenticating
-    never waits for a writer, and the request's own transaction starts after.
+    From the app's :class:`KeyCache` when it looked the key up in the last
+    ``SENTINMAIL_KEY_CACHE_SECONDS``; otherwise looked up on a thread, in a
+    read-only transaction of its own, so that authenticating never waits for
+    a writer, and the request's own transaction starts after.
     """
     if not key:
         raise HTTPException(401, "missing X-API-Key header")
-    with Session(request.app.state.reader) as session:
-        account = authenticate(session, key)
+    cache: KeyCache = request.app.state.keys
+    key_hash = hash_key(key)
+    began = clock()
+    cached = cache.get(key_hash, began)
+    if isinstance(cached, Missing):
+        account = await run_in_threadpool(_look_up, request.app.state.reader, key)
+        cache.put(key_hash, account, began)
+    else:
+        account = cached
     if account is None:
         raise HTTPException(401, "invalid or revoked API key")
     return account
+
+
+def _look_up(reader: Engine, key: str) -> Account | None:
+    with Session(reader) as session:
+        return authenticate(session, key)
 
 
 AccountDep = Annotated[Account, Depends(get_account)]

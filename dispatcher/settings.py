@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     delivery_actors: int | None = Field(
         default=None, ge=1, description="Delivery actors; default: the CPUs Ray sees."
     )
+    key_cache_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=5,
+        description="Seconds an API process trusts a key it looked up: a revoked key works "
+        "at most this long after its revocation (0: look every key up on every request).",
+    )
     ray_address: str | None = Field(
         default=None, description="Address of a Ray cluster to join; a local Ray if unset."
     )
