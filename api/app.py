@@ -16,9 +16,9 @@ from api.metrics import IngestTimer, Metrics
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
 from api.routes import endpoints, events, health, metrics
 from api.routing import operation_id
+from api.wakeups import Waker
 from dispatcher.settings import Settings
 from models.db import make_engine, reader
-from models.events import Ingested
 from models.group_commit import GroupCommit
 
 ENDPOINT_BODY_LIMIT = 64 * 1024
@@ -64,12 +64,9 @@ def create_app(
     app.state.dispatcher = dispatcher
     app.state.metrics = Metrics(app.state.reader, dispatcher)
     app.state.keys = KeyCache(settings.key_cache_seconds)
-
-    def committed(stored: list[Ingested]) -> None:
-        if dispatcher is not None and any(s.deliveries for s in stored):
-            dispatcher.wake()
-
-    app.state.ingestion = GroupCommit(app.state.engine, committed=committed)
+    app.state.ingestion = GroupCommit(
+        app.state.engine, committed=None if dispatcher is None else Waker(dispatcher).committed
+    )
     errors.install(app)
     openapi.install(app)
     app.include_router(endpoints.router)

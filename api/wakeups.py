@@ -1,0 +1,72 @@
+"""Waking the dispatcher after ingestion commits, at most once per interval.
+
+Each wake-up is a Ray call from the API (about 0.1-0.3 ms of CPU) and makes
+the scheduler claim at once, in a transaction of its own: with a wake-up per
+group commit, single-event ingestion had the scheduler claim a few rows
+hundreds of times a second, and the router and the delivery actors receive
+as many small batches. The policy (:class:`WakeLimiter`, pure): wake at once
+if the last wake-up is at least ``interval`` old, otherwise once when it is.
+No commit waits longer than ``interval`` to be claimed, and a crowd of
+commits costs one claim per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from models.events import Ingested
+
+if TYPE_CHECKING:
+    from dispatcher.launch import Dispatcher
+
+WAKE_INTERVAL = 0.02
+"""Seconds between two wake-ups of the dispatcher after commits."""
+
+
+@dataclass
+class WakeLimiter:
+    """When to wake the dispatcher, given when it was last woken."""
+
+    interval: float
+    _last: float = float("-inf")
+    _planned: bool = False
+
+    def due(self, now: float) -> float | None:
+        """New work at ``now``: when to wake (``now`` or later), or None if already planned."""
+        if self._planned:
+            return None
+        self._planned = True
+        return max(now, self._last + self.interval)
+
+    def woken(self, now: float) -> None:
+        """The dispatcher was woken at ``now``."""
+        self._last = now
+        self._planned = False
+
+
+class Waker:
+    """Wakes ``dispatcher`` after commits that made deliveries, as :class:`WakeLimiter` says."""
+
+    def __init__(self, dispatcher: Dispatcher, interval: float = WAKE_INTERVAL) -> None:
+        self.dispatcher = dispatcher
+        self.limiter = WakeLimiter(interval)
+
+    def committed(self, stored: list[Ingested]) -> None:
+        """A group commit stored these (called on the event loop)."""
+        if not any(s.deliveries for s in stored):
+            return
+        now = time.monotonic()
+        at = self.limiter.due(now)
+        if at is None:
+            return
+        if at <= now:
+            self._wake()
+        else:
+            asyncio.get_running_loop().call_later(at - now, self._wake)
+
+    def _wake(self) -> None:
+        self.limiter.woken(time.monotonic())
+        self.dispatcher.wake()
