@@ -26,13 +26,15 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
-# The four benchmarks (each under 2 minutes, SQLite unless BENCH_ARGS says
+# The benchmarks (each under 2 minutes, SQLite unless BENCH_ARGS says
 # --database-url), then benchmarks/results/summary.png. See benchmarks/README.md.
 bench: install
 	$(BIN)/python -m benchmarks.throughput $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.isolation $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.priority $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.recovery $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.recovery --single $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.ingest $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.summary
 
 clean:

@@ -94,17 +94,19 @@ def common_options(description: str) -> argparse.ArgumentParser:
 
 
 def bench_main(
-    name: str,
+    name: str | Callable[[dict[str, Any]], str],
     parser: argparse.ArgumentParser,
     run: Callable[..., Coroutine[Any, Any, dict[str, Any]]],
 ) -> None:
     """Parse the options, run ``run`` with them as keywords, write and print the result.
 
     Every option's ``dest`` is the name of one of ``run``'s keyword arguments.
+    ``name`` may depend on the options (a mode of a benchmark gets its own results).
     """
     options = vars(parser.parse_args())
     results_dir = options.pop("results_dir")
-    write_result(name, run_main(run(**options)), results_dir)
+    named = name if isinstance(name, str) else name(options)
+    write_result(named, run_main(run(**options)), results_dir)
 
 
 def code_version() -> dict[str, Any]:

@@ -55,6 +55,8 @@ class Ingest:
     first_post: float = 0.0
     last_accept: float = 0.0
     failed_batches: list[Batch] = field(default_factory=list)
+    duplicates: set[str] = field(default_factory=set)
+    """Ids an answer called duplicates: stored by an earlier post (whose answer was lost)."""
 
     @property
     def per_s(self) -> float:
@@ -156,8 +158,10 @@ async def post_batches(
     """POST every batch, ``concurrency`` at a time; record when each event was accepted.
 
     ``pace`` (events per second) spreads the posts out over time. A batch
-    that gets no answer (the service was killed) is kept in
-    ``ingest.failed_batches``; any other answer than 202 is an error.
+    of one event is posted as that one JSON object, as SentinMail's own
+    services post what just happened. A batch that gets no answer (the
+    service was killed) is kept in ``ingest.failed_batches``; any other
+    answer than 202 is an error.
     """
     pending = list(reversed(batches))
     client_timeout = aiohttp.ClientTimeout(total=answer_within)
@@ -175,7 +179,7 @@ async def post_batches(
             try:
                 async with http.post(
                     f"{base_url}/api/emails/events/",
-                    data=json.dumps(batch.events),
+                    data=json.dumps(batch.events[0] if len(batch.events) == 1 else batch.events),
                     headers={"X-API-Key": batch.host.key, "Content-Type": "application/json"},
                     timeout=client_timeout,
                 ) as response:
@@ -187,6 +191,7 @@ async def post_batches(
                 ingest.failed_batches.append(batch)
                 continue
             stored = json.loads(answer)
+            ingest.duplicates.update(stored["duplicates"])
             # A duplicate was stored by an earlier post whose answer was lost.
             for event_id in stored["accepted"] + stored["duplicates"]:
                 ingest.accepted_at.setdefault(event_id, at)

@@ -2,10 +2,12 @@
 
 ``python -m benchmarks.summary [--results-dir DIR]``
 
-Four panels: throughput against the raw HTTP limit, healthy-host latency and
+Six panels: throughput against the raw HTTP limit, healthy-host latency and
 throughput with and without bad hosts, high- against low-priority latency,
-and recovery's counts. Each backend that has results (``<name>.sqlite.json``,
-``<name>.postgresql.json``, else ``<name>.json``) gets its own bars.
+recovery's counts (batches, and one event per request), and ingestion's rates
+and latencies by events per request. Each backend that has results
+(``<name>.sqlite.json``, ``<name>.postgresql.json``, else ``<name>.json``)
+gets its own bars.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ def draw(directory: Path) -> Path:
     matplotlib.use("Agg")  # files only, no display; before pyplot is imported
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    (throughput_ax, isolation_ax), (priority_ax, recovery_ax) = axes
+    fig, axes = plt.subplots(2, 3, figsize=(18, 8.5))
+    (throughput_ax, isolation_ax, ingest_ax), (priority_ax, recovery_ax, latency_ax) = axes
 
     throughput = load_results(directory, "throughput")
     _bars(
@@ -104,7 +106,11 @@ def draw(directory: Path) -> Path:
     priority_ax.set_ylim(bottom=100)  # bars start at 100 ms, not at the smallest value
     priority_ax.set_title("Priority: high-priority events through a low-priority backlog")
 
-    recovery = load_results(directory, "recovery")
+    recovery = {
+        f"{backend}{label}": result
+        for name, label in (("recovery", ""), ("recovery_single", "\n1 event/request"))
+        for backend, result in load_results(directory, name).items()
+    }
     _bars(
         recovery_ax,
         list(recovery),
@@ -115,6 +121,39 @@ def draw(directory: Path) -> Path:
         "events",
     )
     recovery_ax.set_title("Recovery after kill -9 of every service process")
+
+    ingest = load_results(directory, "ingest")
+    _bars(
+        ingest_ax,
+        list(ingest),
+        {
+            "1/request (c64, delivering)": [r["single_per_s"] for r in ingest.values()],
+            "bare FastAPI limit": [r["bare_limit_per_s"] for r in ingest.values()],
+            "10/request": [r["ten_per_s"] for r in ingest.values()],
+            "500/request": [r["batch_per_s"] for r in ingest.values()],
+        },
+        "events/s (log)",
+    )
+    ingest_ax.set_yscale("log")
+    for target in (2_000, 8_000, 10_000):
+        ingest_ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+    ingest_ax.set_title("Ingestion, events/s (targets 2,000 / 8,000 / 10,000, dashed)")
+
+    ingest_phases = ("single_c16", "single_c64", "ten_c16", "ten_c64", "batch_c16", "batch_c64")
+    _bars(
+        latency_ax,
+        [p.replace("_", "\n") for p in ingest_phases],
+        {
+            f"{backend} p99 ms": [
+                next(x["p99_ms"] for x in r["phases"] if x["phase"] == p) for p in ingest_phases
+            ]
+            for backend, r in ingest.items()
+        },
+        "request to 202, p99 ms (log)",
+    )
+    latency_ax.set_yscale("log")
+    latency_ax.axhline(100, color="grey", linestyle="--", linewidth=1)
+    latency_ax.set_title("Ingestion p99, request to 202 (target 100 ms at 1/request)")
 
     fig.tight_layout()
     out = directory / "summary.png"

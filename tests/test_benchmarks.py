@@ -29,6 +29,11 @@ TINY: dict[str, list[str]] = {
     ],
     "priority": ["--events", "200", "--high", "20", "--hosts", "2"],
     "recovery": ["--events", "400", "--hosts", "2", "--ingest-rate", "200"],
+    "recovery_single": ["--events", "400", "--hosts", "2", "--ingest-rate", "200", "--single"],
+    "ingest": [
+        *("--hosts", "3", "--single-requests", "200", "--ten-events", "400"),
+        *("--batch-events", "2000"),
+    ],
     # benchmarks.overhead MODE, and the soak, each a fraction of a minute.
     "overhead-purge": ["purge", "--rounds", "1", "--events", "200", "--hosts", "2",
                        "--expired", "4000", "--purge-within", "60"],
@@ -37,6 +42,7 @@ TINY: dict[str, list[str]] = {
     "soak": ["--minutes", "0.3", "--rate", "100", "--retention", "5", "--hosts", "2",
              "--sample-every", "2"],
 }  # fmt: skip
+MODULE = {"recovery_single": "recovery"}  # a mode of another script
 FIELDS: dict[str, set[str]] = {
     "throughput": {
         "events",
@@ -66,6 +72,18 @@ FIELDS: dict[str, set[str]] = {
     },
     "priority": {"high_p99_ms", "low_p99_ms", "ratio", "lost", "duplicates"},
     "recovery": {"accepted", "delivered", "lost", "duplicates"},
+    "recovery_single": {"accepted", "delivered", "lost", "duplicates", "reposted_already_stored"},
+    "ingest": {
+        "single_per_s",
+        "single_ratio",
+        "single_p99_ms",
+        "ten_per_s",
+        "batch_per_s",
+        "bare_limit_per_s",
+        "lost",
+        "duplicates",
+        "phases",
+    },
     "overhead-purge": {
         "baseline",
         "feature",
@@ -90,7 +108,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     started = {}
     for name, args in TINY.items():
         results = tmp_path_factory.mktemp(name)
-        module = f"benchmarks.{name.split('-')[0]}"  # overhead-purge: benchmarks.overhead purge
+        # overhead-purge: benchmarks.overhead purge; recovery_single: benchmarks.recovery --single
+        module = f"benchmarks.{MODULE.get(name, name.split('-')[0])}"
         command = [sys.executable, "-m", module, *args, "--results-dir", str(results)]
         proc = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -121,7 +140,7 @@ def test_benchmark_runs_and_loses_nothing(name: str, runs: dict[str, Any]) -> No
     assert json.loads((results / f"{name}.json").read_text()) == result
     assert FIELDS[name] <= result.keys()
     assert result["lost"] == 0
-    if name != "recovery":  # no fault is injected: every delivery arrives once
+    if not name.startswith("recovery"):  # no fault is injected: every delivery arrives once
         assert result["duplicates"] == 0
     if name == "throughput":
         assert result["deliveries"] == result["events"] == 200
@@ -133,8 +152,21 @@ def test_benchmark_runs_and_loses_nothing(name: str, runs: dict[str, Any]) -> No
         assert result["with_bad_hosts"]["all_healthy"]["deliveries"] == 160
         assert len(result["rounds"]) == 2  # each on a service of its own
         assert all(r["with_bad_hosts"]["lost"] == 0 for r in result["rounds"])
-    if name == "recovery":
+    if name.startswith("recovery"):
         assert result["delivered"] == result["accepted"] == 400
+        assert result["lost_of_accepted_before_kill"] == 0
+    if name == "recovery_single":
+        assert result["events_per_request"] == 1
+    if name == "ingest":
+        phases = {p["phase"]: p for p in result["phases"]}
+        assert set(phases) == {
+            "single_c16", "single_c64", "ten_c16", "ten_c64", "batch_c16", "batch_c64",
+            "single_c64_no_delivery",
+        }  # fmt: skip
+        assert all(p["errors"] == {} for p in phases.values())
+        assert phases["single_c64"]["events"] == phases["single_c64"]["requests"] == 200
+        assert phases["ten_c16"]["events"] == 400
+        assert result["bare_limit_per_s"] > 0
     if name == "overhead-purge":
         purged = next(r for r in result["runs"] if r["variant"] == "feature")
         kept = next(r for r in result["runs"] if r["variant"] == "baseline")
