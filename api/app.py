@@ -69,8 +69,10 @@ def create_app(
     )
     errors.install(app)
     openapi.install(app)
-    app.include_router(endpoints.router)
+    # Events first: routes are matched in order, and ingestion is the hot path (its
+    # match came after every endpoint route's: ~10 us of a single-event post).
     app.include_router(events.router)
+    app.include_router(endpoints.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_middleware(
