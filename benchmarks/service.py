@@ -53,6 +53,8 @@ def label(proc: Any) -> str:
         return first.removeprefix("ray::")
     if "sentinmail" in " ".join(cmdline[:2]):
         return "api (uvicorn + Ray driver)"
+    if "multiprocessing.spawn" in " ".join(cmdline):  # an API process of serve --workers
+        return "api worker"
     for part in cmdline[:3]:
         name = Path(part).name
         if name in ("gcs_server", "raylet") or name.endswith(".py"):

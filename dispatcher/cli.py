@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from models.errors import NotFound
 
 if TYPE_CHECKING:
     import uvicorn
+    from fastapi import FastAPI
 
     from dispatcher.launch import Dispatcher
 
@@ -97,6 +100,14 @@ def serve(
     access_log: Annotated[
         bool, typer.Option(help="Log a line per request (uvicorn's access log).")
     ] = ACCESS_LOG,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="API processes sharing the port. The dispatcher is started once, by this "
+            "process; each API process joins its Ray and finds it by name.",
+        ),
+    ] = 1,
 ) -> None:
     """Migrate the database, start or find the dispatcher, then serve the API."""
     import uvicorn
@@ -128,12 +139,6 @@ def serve(
         if settings.dev:
             log.warning("development mode: http:// URLs and loopback destinations allowed")
         dispatcher = _dispatcher(settings, start=not no_dispatcher, detached=False)
-        config = uvicorn.Config(
-            create_app(settings, engine, dispatcher),
-            host=host,
-            port=port,
-            **uvicorn_options(workers=1, access_log=access_log),
-        )
         log.info(
             "service starting",
             extra=logs.fields(
@@ -142,9 +147,34 @@ def serve(
                 database=engine.dialect.name,  # never the URL: it may hold a password
                 dispatcher="found" if no_dispatcher else "started",
                 ray_logs=ray_logs_dir(),
+                workers=workers,
             ),
         )
-        _server(config).run(sockets=[listening])
+        if workers == 1:
+            config = uvicorn.Config(
+                create_app(settings, engine, dispatcher),
+                host=host,
+                port=port,
+                **uvicorn_options(workers=1, access_log=access_log),
+            )
+            _server(config).run(sockets=[listening])
+            return
+        from uvicorn.supervisors import Multiprocess
+
+        engine.dispose()
+        # The workers read their settings from the environment, as this process did,
+        # with this command's options on top, and join this process's Ray.
+        os.environ.update(_worker_environment(settings))
+        config = uvicorn.Config(
+            f"{__name__}:api_worker",
+            factory=True,
+            host=host,
+            port=port,
+            **uvicorn_options(workers=workers, access_log=access_log),
+        )
+        # Holding `dispatcher`, this process keeps the actors alive while workers serve.
+        Multiprocess(config, sockets=[listening]).run()
+        log.info("service stopped")
 
 
 def _server(config: uvicorn.Config) -> uvicorn.Server:
@@ -161,6 +191,35 @@ def _server(config: uvicorn.Config) -> uvicorn.Server:
             log.info("service stopped")
 
     return Server(config)
+
+
+def _worker_environment(settings: Settings) -> dict[str, str]:
+    """What ``serve --workers`` tells its API processes: its options, and its Ray."""
+    import ray
+
+    return {
+        "SENTINMAIL_DATABASE_URL": settings.database_url,
+        "SENTINMAIL_DEV": "true" if settings.dev else "false",
+        "SENTINMAIL_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+    }
+
+
+def api_worker() -> FastAPI:
+    """One API process of ``serve --workers N`` (uvicorn calls it in each worker).
+
+    It joins the Ray of the ``serve`` process that started it and finds the
+    dispatcher that process started, by name: never a second dispatcher.
+    """
+    from api.app import create_app
+    from dispatcher.launch import connect_dispatcher, init_ray
+
+    settings = load_settings()
+    logs.configure_from(settings)
+    uvicorns = signal.getsignal(signal.SIGTERM)
+    init_ray(settings)
+    # Ray's handler exits at once; uvicorn's lets requests in flight finish first.
+    signal.signal(signal.SIGTERM, uvicorns)
+    return create_app(settings, make_engine(settings.database_url), connect_dispatcher())
 
 
 def uvicorn_options(*, workers: int, access_log: bool) -> dict[str, Any]:

@@ -97,8 +97,8 @@ def test_api_replicas_share_one_detached_dispatcher(
         receiver = receivers.start()
         replicas = ("--ray-address", ray_address, "--no-dispatcher")
         with (
-            serving(database_url, *replicas, env=env) as (first, _),
-            serving(database_url, *replicas, env=env) as (second, _),
+            serving(database_url, *replicas, env=env) as (first, _, _),
+            serving(database_url, *replicas, env=env) as (second, _, _),
         ):
             health = call("GET", f"{first}/healthz", key)
             assert health["dispatcher"]["status"] == "ok"  # type: ignore[index]

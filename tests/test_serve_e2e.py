@@ -11,10 +11,14 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import ray
+
+from tests.receivers import Receivers, wait_until
 
 README = Path(__file__).parent.parent / "README.md"
 SENTINMAIL = Path(sys.executable).parent / "sentinmail"
@@ -38,8 +42,8 @@ def readme_curl_calls() -> list[str]:
 @contextmanager
 def serving(
     database_url: str, *args: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[str, str]]:
-    """``sentinmail serve ARGS`` on a free port; yields its URL and what it printed first."""
+) -> Iterator[tuple[str, str, int]]:
+    """``sentinmail serve ARGS`` on a free port; yields its URL, what it printed first, its pid."""
     port = free_port()
     env = {**os.environ, **(env or {}), "SENTINMAIL_DATABASE_URL": database_url}
     command = [str(SENTINMAIL), "serve", "--port", str(port), *args]
@@ -59,7 +63,7 @@ def serving(
                     assert proc.poll() is None, "server exited"
                     time.sleep(0.1)
             os.set_blocking(proc.stdout.fileno(), False)
-            yield base, (proc.stdout.readline() or "").strip()
+            yield base, (proc.stdout.readline() or "").strip(), proc.pid
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -82,9 +86,9 @@ def curl(command: str, base: str, env: dict[str, str]) -> str:
 def test_readme_curl_examples_work_against_serve(database_url: str, ray_cluster: None) -> None:
     # Join the session's Ray rather than boot one per process: same code path, 10 s less.
     ray_address = ("--ray-address", str(ray.get_runtime_context().gcs_address))
-    with serving(database_url, *ray_address) as (base, key):
+    with serving(database_url, *ray_address) as (base, key, _):
         run_walkthrough(base, key)
-    with serving(database_url, *ray_address) as (_, printed):
+    with serving(database_url, *ray_address) as (_, printed, _):
         assert not printed.startswith("sk_")  # a key is printed only when none exists
 
 
@@ -109,3 +113,54 @@ def run_walkthrough(base: str, key: str) -> None:
 
     assert curl(delete, base, env) == ""
     assert json.loads(curl(list_, base, env))["count"] == 0
+
+
+def test_serve_with_two_api_processes_accepts_and_delivers_through_one_dispatcher(
+    database_url: str, ray_cluster: None, tmp_path: Path
+) -> None:
+    farm = Receivers(tmp_path)
+    receiver = farm.start()
+    env = {"SENTINMAIL_ALLOWED_NETWORKS": "127.0.0.0/8", "SENTINMAIL_CA_BUNDLE": str(farm.ca_file)}
+    ray_address = ("--ray-address", str(ray.get_runtime_context().gcs_address))
+    try:
+        with serving(database_url, "--workers", "2", *ray_address, env=env) as (base, key, pid):
+            workers = [
+                p
+                for p in psutil.Process(pid).children()
+                if "multiprocessing.spawn" in " ".join(p.cmdline())
+            ]
+            assert len(workers) == 2
+            post(
+                base,
+                key,
+                "/api/emails/webhook-endpoints/",
+                {"url": receiver.url, "events": ["opened"]},
+            )
+            events = [
+                {"id": f"evt-{n}", "type": "opened", "recipient": "a@example.com"}
+                for n in range(60)
+            ]
+            with ThreadPoolExecutor(16) as pool:
+                answers = list(
+                    pool.map(lambda e: post(base, key, "/api/emails/events/", e), events)
+                )
+            assert [a["accepted"] for a in answers] == [[e["id"]] for e in events]
+            wait_until(lambda: receiver.count() >= 60)
+            ids = {r.headers["webhook-id"] for r in receiver.received}
+            assert ids == {e["id"] for e in events}
+            health = json.loads(urllib.request.urlopen(f"{base}/healthz", timeout=10).read())
+            assert health["status"] == "ok"
+    finally:
+        farm.close()
+
+
+def post(base: str, key: str, path: str, body: object) -> dict[str, object]:
+    request = urllib.request.Request(
+        base + path,
+        data=json.dumps(body).encode(),
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer: dict[str, object] = json.loads(response.read())
+        return answer
