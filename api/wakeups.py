@@ -8,6 +8,12 @@ as many small batches. The policy (:class:`WakeLimiter`, pure): wake at once
 if the last wake-up is at least ``interval`` old, otherwise once when it is.
 No commit waits longer than ``interval`` to be claimed, and a crowd of
 commits costs one claim per interval.
+
+The interval, measured (single events, 64 in flight, while delivering, a
+quiet moment): the scheduler's and router's CPU per delivery was 0.13 ms at
+20 ms, 0.08 at 50 ms, 0.075-0.085 at 100 ms and 0.055-0.065 at 200 ms, and
+the delivery actors' fell with them (fewer, larger batches); 100 ms keeps
+most of the gain for a tenth of a second at most before a claim.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from models.events import Ingested
 if TYPE_CHECKING:
     from dispatcher.launch import Dispatcher
 
-WAKE_INTERVAL = 0.02
-"""Seconds between two wake-ups of the dispatcher after commits."""
+WAKE_INTERVAL = 0.1
+"""Seconds between two wake-ups of the dispatcher after commits (see above)."""
 
 
 @dataclass

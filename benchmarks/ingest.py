@@ -31,7 +31,8 @@ flight, while delivering), ``single_ratio`` (over ``bare_limit_per_s``),
 ``single_p99_ms``, ``ten_per_s`` and ``batch_per_s`` (each at the better of
 its two concurrencies), ``lost`` (accepted, then not delivered and stored as
 succeeded, or for the last phase not stored) and ``duplicates``; per phase,
-the CPU each kind of process spent per request.
+the CPU each kind of process spent per request and, for phases that deliver,
+the latency from a 202 to the receiver.
 """
 
 from __future__ import annotations
@@ -289,10 +290,19 @@ async def run(
                 if to is quiet:
                     stored_ids.extend(posted.accepted_at)
                     continue
-                expected.update(k for p in posts for k in p.keys if k[1] in posted.accepted_at)
+                mine = [k for p in posts for k in p.keys if k[1] in posted.accepted_at]
+                expected.update(mine)
                 drained = drained and await bench.wait(
                     arrivals, expected, endpoints, bar, within=within, label=f"{name} delivered"
                 )
+                # From its 202 to its first arrival at the receiver.
+                waited = [
+                    (arrivals.first[k] - posted.accepted_at[k[1]]) * 1000
+                    for k in mine
+                    if k in arrivals.first
+                ]
+                phases[-1]["delivery_p50_ms"] = round(percentile(waited, 50), 1)
+                phases[-1]["delivery_p99_ms"] = round(percentile(waited, 99), 1)
         outcome = await bench.outcome(arrivals, expected, targets, accepted_at)
         stored = await asyncio.to_thread(load.bodies, bench.engine, stored_ids)
         bare = BareServer(workers)
@@ -324,6 +334,7 @@ async def run(
         "delivery_p50_ms": outcome.p(50),
         "delivery_p99_ms": outcome.p(99),
         "single_api_cpu_ms": single["cpu_per_request"].get("api_ms"),
+        "single_delivery_p99_ms": single.get("delivery_p99_ms"),
         "hosts": hosts,
         "workers": workers,
         "phases": phases,
