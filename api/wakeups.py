@@ -21,12 +21,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from api.deps import DispatcherHandle
 from models.events import Ingested
-
-if TYPE_CHECKING:
-    from dispatcher.launch import Dispatcher
 
 WAKE_INTERVAL = 0.1
 """Seconds between two wake-ups of the dispatcher after commits (see above)."""
@@ -56,7 +53,7 @@ class WakeLimiter:
 class Waker:
     """Wakes ``dispatcher`` after commits that made deliveries, as :class:`WakeLimiter` says."""
 
-    def __init__(self, dispatcher: Dispatcher, interval: float = WAKE_INTERVAL) -> None:
+    def __init__(self, dispatcher: DispatcherHandle, interval: float = WAKE_INTERVAL) -> None:
         self.dispatcher = dispatcher
         self.limiter = WakeLimiter(interval)
 
