@@ -24,13 +24,13 @@ from pydantic import (
     field_validator,
 )
 from pydantic import Field as PydanticField
-from sqlalchemy import Index, Table, Text, select
+from sqlalchemy import Connection, Index, Table, Text, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col
 
 from models.base import UTCDateTime, new_id, utcnow
 from models.deliveries import DELIVERY, Attempt, Delivery
-from models.driver import driver, insert_rows
+from models.driver import Driver, driver, insert_rows
 from models.errors import NotFound
 from models.event_types import EventType
 from models.jobs import DeliveryStatus
@@ -315,11 +315,12 @@ def ingest_many(session: Session, submissions: Sequence[Submission]) -> list[Ing
 
 def _ingest_many(session: Session, submissions: Sequence[Submission]) -> list[Ingested]:
     now = utcnow()
+    connection, db = driver(session)
     named = [
         (account_id, [e.id or _new_event_id() for e in events], events)
         for account_id, events in submissions
     ]
-    known = _known_ids(session, [(a, i) for a, ids, _ in named for i in ids])
+    known = _known_ids(connection, db, [(a, i) for a, ids, _ in named for i in ids])
     accepted: list[list[str]] = []
     duplicates: list[list[str]] = []
     new: list[tuple[int, str, str, EventIn]] = []  # (submission, account, id, event)
@@ -335,12 +336,11 @@ def _ingest_many(session: Session, submissions: Sequence[Submission]) -> list[In
             new.append((index, account_id, event_id, event))
     made = [0] * len(named)
     if new:
-        _, db = driver(session)
         created_at = db.time(now)
         # status, attempts, due_at, created_at, updated_at
         pending = (_PENDING, 0, created_at, created_at, created_at)
         default_timestamp = _timestamp(now)
-        subscribed = _subscriptions(session, {account_id for _, account_id, _, _ in new})
+        subscribed = _subscriptions(connection, db, {account for _, account, _, _ in new})
         rows: list[tuple[Any, ...]] = []
         deliveries: list[tuple[Any, ...]] = []
         for index, account_id, event_id, event in new:
@@ -352,14 +352,16 @@ def _ingest_many(session: Session, submissions: Sequence[Submission]) -> list[In
                 if event_type in types:
                     deliveries.append((account_id, event_id, endpoint_id, priority, *pending))
                     made[index] += 1
-        insert_rows(session, EVENT.name, _EVENT_COLUMNS, rows)
+        insert_rows(connection, db, EVENT.name, _EVENT_COLUMNS, rows)
         if deliveries:
-            insert_rows(session, DELIVERY.name, _DELIVERY_COLUMNS, deliveries)
+            insert_rows(connection, db, DELIVERY.name, _DELIVERY_COLUMNS, deliveries)
     session.commit()
     return [Ingested(*r) for r in zip(accepted, duplicates, made, strict=True)]
 
 
-def _known_ids(session: Session, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+def _known_ids(
+    connection: Connection, db: Driver, pairs: list[tuple[str, str]]
+) -> set[tuple[str, str]]:
     """Which ``(account id, event id)`` pairs are already stored.
 
     One statement for the whole group, over one bound value whatever its
@@ -369,7 +371,6 @@ def _known_ids(session: Session, pairs: list[tuple[str, str]]) -> set[tuple[str,
     """
     if not pairs:
         return set()
-    connection, db = driver(session)
     if db.postgresql:
         a = db.list_mark
         sql = (
@@ -389,10 +390,9 @@ def _known_ids(session: Session, pairs: list[tuple[str, str]]) -> set[tuple[str,
 
 
 def _subscriptions(
-    session: Session, account_ids: set[str]
+    connection: Connection, db: Driver, account_ids: set[str]
 ) -> dict[str, list[tuple[str, frozenset[str]]]]:
     """Per account, its enabled endpoints and the event types each subscribes to."""
-    connection, db = driver(session)
     sql = (
         "SELECT account_id, id, events FROM endpoint"
         f" WHERE account_id {db.in_list('text')} AND enabled IS TRUE"
