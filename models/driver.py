@@ -94,18 +94,31 @@ def insert_rows(
     connection: Connection,
     db: Driver,
     table: str,
-    columns: tuple[str, ...],
+    columns: dict[str, str],
     rows: Sequence[tuple[Any, ...]],
 ) -> None:
-    """INSERT ``rows`` (values of ``columns``) into ``table`` with one executemany.
+    """INSERT ``rows`` (values of ``columns``, each name with its PostgreSQL type) into ``table``.
 
-    Values must be as the driver takes them: str and int columns as they are,
-    times through :meth:`Driver.time`. ``connection`` and ``db`` as
-    :func:`driver` gives them (a session's ``connection()`` costs ~18 us a call).
+    On SQLite, one executemany. On PostgreSQL, one statement over one array
+    per column (``unnest``), bound in binary: an executemany of 500 events and
+    their deliveries cost the API 25 us of CPU per event, the arrays 8. Values must
+    be as the driver takes them: str and int columns as they are, times
+    through :meth:`Driver.time`. ``connection`` and ``db`` as :func:`driver`
+    gives them (a session's ``connection()`` costs ~18 us a call).
     """
-    connection.exec_driver_sql(_insert_sql(db, table, columns), rows)
+    if not rows:
+        return
+    sql = _insert_sql(db, table, tuple(columns.items()))
+    if db.postgresql:
+        connection.exec_driver_sql(sql, tuple(list(column) for column in zip(*rows, strict=True)))
+    else:
+        connection.exec_driver_sql(sql, rows)
 
 
 @lru_cache(maxsize=16)
-def _insert_sql(db: Driver, table: str, columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({db.marks(len(columns))})"
+def _insert_sql(db: Driver, table: str, columns: tuple[tuple[str, str], ...]) -> str:
+    names = ", ".join(name for name, _ in columns)
+    if db.postgresql:
+        arrays = ", ".join(f"{db.list_mark}::{sql_type}[]" for _, sql_type in columns)
+        return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
+    return f"INSERT INTO {table} ({names}) VALUES ({db.marks(len(columns))})"

@@ -239,11 +239,16 @@ class Event(SQLModel, table=True):
 
 # Core table and the columns ingestion writes, in table order.
 EVENT: Table = Event.__table__  # type: ignore[attr-defined]
-_EVENT_COLUMNS = ("account_id", "id", "type", "body", "created_at")
-_DELIVERY_COLUMNS = (
-    "account_id", "event_id", "endpoint_id", "priority", "status", "attempts",
-    "due_at", "created_at", "updated_at",
-)  # fmt: skip
+# The columns ingestion writes, in its rows' order, each with its PostgreSQL type.
+_EVENT_COLUMNS = {
+    "account_id": "text", "id": "text", "type": "text", "body": "text",
+    "created_at": "timestamptz",
+}  # fmt: skip
+_DELIVERY_COLUMNS = {
+    "account_id": "text", "event_id": "text", "endpoint_id": "text", "priority": "integer",
+    "status": "text", "attempts": "integer", "due_at": "timestamptz",
+    "created_at": "timestamptz", "updated_at": "timestamptz",
+}  # fmt: skip
 _PRIORITY = {t.value: int(t.priority) for t in EventType}
 _PENDING = DeliveryStatus.PENDING.value
 
