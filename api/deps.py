@@ -20,8 +20,15 @@ from models.group_commit import GroupCommit
 clock = time.monotonic
 """The key cache's clock (tests move it)."""
 
+API_KEY_HEADER = "X-API-Key"
+API_KEY_SCHEME = "APIKeyHeader"
+"""The name of the key's security scheme in the OpenAPI document."""
+
 api_key_header = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="Your SentinMail API key."
+    name=API_KEY_HEADER,
+    scheme_name=API_KEY_SCHEME,
+    auto_error=False,
+    description="Your SentinMail API key.",
 )
 
 
@@ -64,7 +71,7 @@ async def get_dispatcher(request: Request) -> DispatcherHandle | None:
     return dispatcher
 
 
-async def get_ingestion(request: Request) -> GroupCommit:
+def get_ingestion(request: Request) -> GroupCommit:
     """The app's group commit, where each request of events waits for its commit."""
     ingestion: GroupCommit = request.app.state.ingestion
     return ingestion
@@ -73,7 +80,6 @@ async def get_ingestion(request: Request) -> GroupCommit:
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DispatcherDep = Annotated[DispatcherHandle | None, Depends(get_dispatcher)]
-IngestionDep = Annotated[GroupCommit, Depends(get_ingestion)]
 
 
 async def get_account(

@@ -462,6 +462,15 @@ def test_a_body_over_1_mib_is_413_and_stores_nothing(
 # --- keys and tenancy ----------------------------------------------------------------------
 
 
+def test_without_a_valid_key_an_invalid_body_is_401_not_422(
+    client: TestClient, engine: Engine
+) -> None:
+    # The key is checked first: a stranger learns nothing of what would be accepted.
+    response = client.post(EVENTS, content=b"not json", headers={"X-API-Key": "sk_nope"})
+    assert response.status_code == 401
+    assert count_rows(engine) == (0, 0)
+
+
 @pytest.mark.parametrize(
     ("headers", "reason"),
     [({}, "missing"), ({"X-API-Key": ""}, "missing"), ({"X-API-Key": "sk_nope"}, "invalid")],
@@ -635,7 +644,11 @@ def test_openapi_documents_ingestion_with_a_schema_and_an_example(client: TestCl
     assert set(doc["paths"][EVENTS]) == {"post"}
     assert set(doc["paths"][EVENTS + "{event_id}/"]) == {"get"}
     post_op = doc["paths"][EVENTS]["post"]
-    assert {"202", "413", "422"} <= set(post_op["responses"])
+    assert {"202", "401", "413", "422", "503"} <= set(post_op["responses"])
+    assert set(post_op["responses"]["503"]["headers"]) == {"Retry-After"}
+    # Declared by hand (the route reads its key without FastAPI's dependencies).
+    assert post_op["security"] == [{"APIKeyHeader": []}]
+    assert doc["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
     content = post_op["requestBody"]["content"]["application/json"]
     one_or_many = content["schema"]["anyOf"]
     event_in = resolve(doc, one_or_many[0]["$ref"])

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
-from fastapi import Depends, Request, Response, status
+from fastapi import Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
-from api.deps import AccountDep, IngestionDep, SessionDep
+from api.deps import (
+    API_KEY_HEADER,
+    API_KEY_SCHEME,
+    AccountDep,
+    SessionDep,
+    get_account,
+    get_ingestion,
+)
 from api.errors import ErrorMessage
-from api.metrics import IngestMetricsDep
+from api.metrics import get_ingest_metrics
 from api.routing import SHARED_RESPONSES, not_found, resource_router
 from models import events as store
 from models.events import EVENT_BATCH, Accepted, EventBatch, EventIn, EventOut
@@ -80,7 +86,8 @@ def _parse_and_validate(body: bytes) -> list[EventIn]:
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": _BODY_SCHEMA, "example": _EXAMPLE}},
-        }
+        },
+        "security": [{API_KEY_SCHEME: []}],
     },
     responses={
         202: {
@@ -107,20 +114,21 @@ def _parse_and_validate(body: bytes) -> list[EventIn]:
         },
     },
 )
-async def ingest_events(
-    events: Annotated[list[EventIn], Depends(event_batch)],
-    account: AccountDep,
-    ingestion: IngestionDep,
-    metrics: IngestMetricsDep,
-) -> Response:
+async def ingest_events(request: Request) -> Response:
     """Accept events for delivery to every subscribed, enabled endpoint of the account.
 
     202 means the events and their deliveries are committed: nothing accepted
     is lost. Delivery happens afterwards; follow it with ``GET /api/emails/events/{id}/``.
     Concurrent requests are committed together (see ``models.group_commit``).
     """
-    result = await ingestion.ingest(account.id, events)
-    metrics.accepted(events, result)  # committed: a 202 is decided
+    # The caller, the events and the group commit are got by hand rather than as
+    # FastAPI dependencies (the same functions, in the same order): resolving those
+    # cost 32 us of the ~95 us this app spends on a single-event post (in-process,
+    # commit stubbed). The document's security requirement is declared above.
+    account = await get_account(request, request.headers.get(API_KEY_HEADER))
+    events = await event_batch(request)
+    result = await get_ingestion(request).ingest(account.id, events)
+    get_ingest_metrics(request).accepted(events, result)  # committed: a 202 is decided
     # Serialized here: FastAPI would validate the answer again.
     accepted = Accepted(
         accepted=result.accepted, duplicates=result.duplicates, deliveries=result.deliveries
