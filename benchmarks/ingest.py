@@ -12,19 +12,20 @@ connection per request in flight) posts, in phases on one service:
 | ``single_c16``, ``single_c64`` | 1 (a JSON object) | 16, 64 |
 | ``ten_c16``, ``ten_c64`` | 10 | 16, 64 |
 | ``batch_c16``, ``batch_c64`` | 500 | 16, 64 |
-| ``single_c64_no_delivery`` | 1, to accounts without endpoints | 64 |
+| ``single_c64_no_delivery``, ``ten_c64_no_delivery`` | 1, 10, to accounts without endpoints | 64 |
 
-Every phase but the last posts to accounts that each have an endpoint on a
+Every phase but the last two posts to accounts that each have an endpoint on a
 receiver, so the dispatcher delivers what is ingested while it is ingested
 (the realistic case); after each phase the run waits until all of it has
 been delivered, so that every phase starts on an idle dispatcher. A phase's
 rate is its events over first POST to last 202; latency is request to 202.
 By default each phase posts at least two requests per connection.
 
-Then ``bare_limit_per_s``: the same client, one event per request, 64 in
-flight, against ``benchmarks.bare`` (FastAPI on uvicorn run exactly as
-``serve`` runs the API, answering 202 and storing nothing). That is the
-ceiling of a Python HTTP front door on this machine.
+Before the phases and after them, ``bare_limit_per_s``: the same client, one
+event per request, 64 in flight, against ``benchmarks.bare`` (FastAPI on
+uvicorn run exactly as ``serve`` runs the API, answering 202 and storing
+nothing), the better of the two runs. That is the ceiling of a Python HTTP
+front door on this machine.
 
 The last stdout line is the result: ``single_per_s`` (1 per request, 64 in
 flight, while delivering), ``single_ratio`` (over ``bare_limit_per_s``),
@@ -217,6 +218,18 @@ class BareServer:
             self.proc.wait(timeout=10)
 
 
+async def bare_limit(
+    hosts: Sequence[Host], tag: str, start: int, requests: int, workers: int | None, within: float
+) -> Posted:
+    """The same client against ``benchmarks.bare``: one event per request, 64 in flight."""
+    bare = BareServer(workers)
+    try:
+        await bare.ready()
+        return await post_all(bare.url, make_posts(hosts, tag, start, requests, 1), 64, within)
+    finally:
+        bare.stop()
+
+
 async def run(
     *,
     hosts: int,
@@ -265,7 +278,11 @@ async def run(
             ("batch_c16", 500, 16, batch_events, targets),
             ("batch_c64", 500, 64, batch_events, targets),
             ("single_c64_no_delivery", 1, 64, single_requests, quiet),
+            ("ten_c64_no_delivery", 10, 64, ten_events, quiet),
         ]
+        # Before the phases and after them: the better is the ceiling (other load on
+        # this machine only ever lowers a run).
+        bare_runs = [await bare_limit(quiet, bench.tag, 10**7, single_requests, workers, within)]
         start = 0
         with progress() as bar:
             for name, per, concurrency, events, to in plan:
@@ -305,17 +322,14 @@ async def run(
                 phases[-1]["delivery_p99_ms"] = round(percentile(waited, 99), 1)
         outcome = await bench.outcome(arrivals, expected, targets, accepted_at)
         stored = await asyncio.to_thread(load.bodies, bench.engine, stored_ids)
-        bare = BareServer(workers)
-        try:
-            await bare.ready()
-            bare_posts = make_posts(quiet, bench.tag, start, single_requests, 1)
-            bare_posted = await post_all(bare.url, bare_posts, 64, within)
-        finally:
-            bare.stop()
+        bare_runs.append(
+            await bare_limit(quiet, bench.tag, start, single_requests, workers, within)
+        )
 
     by_name = {p["phase"]: p for p in phases}
     single = by_name["single_c64"]
-    bare_per_s = round(bare_posted.per_s, 1)
+    bare = max(bare_runs, key=lambda b: b.per_s)
+    bare_per_s = round(bare.per_s, 1)
     return {
         "benchmark": "ingest",
         "database": bench.backend,
@@ -326,7 +340,8 @@ async def run(
         "ten_per_s": max(by_name["ten_c16"]["per_s"], by_name["ten_c64"]["per_s"]),
         "batch_per_s": max(by_name["batch_c16"]["per_s"], by_name["batch_c64"]["per_s"]),
         "bare_limit_per_s": bare_per_s,
-        "bare_p99_ms": round(percentile(bare_posted.latencies_ms, 99), 1),
+        "bare_p99_ms": round(percentile(bare.latencies_ms, 99), 1),
+        "bare_runs_per_s": [round(b.per_s, 1) for b in bare_runs],
         "lost": outcome.lost + len(set(stored_ids) - set(stored)),
         "duplicates": outcome.duplicates,
         "errors": sum(sum(p["errors"].values()) for p in phases),
