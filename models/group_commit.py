@@ -6,10 +6,19 @@ thread commits what is waiting in one transaction
 commit has returned: a 202 still means durably committed, but the fsync
 (SQLite, ``synchronous=FULL``) or the WAL flush (PostgreSQL,
 ``synchronous_commit``) is paid once per group instead of once per request,
-and so are the connection checkout, the lookups and the statements. There is
-no timer: a request that finds the writer idle is committed at once, and
-while one group commits the next one gathers, so groups grow with the load
-and with how slow a commit is.
+and so are the connection checkout, the lookups and the statements. A
+request that finds the writer idle is committed at once, and while one group
+commits the next one gathers, so groups grow with the load and with how slow
+a commit is.
+
+While requests keep coming, a commit that would start less than
+``delay`` (5 ms) after the previous one started waits for the rest of it,
+unless ``enough`` requests (64) are already waiting (:func:`gather_for`):
+PostgreSQL's ``commit_delay`` idea. A commit costs the writer ~0.35 ms of CPU
+however small its group; at 2,400 single-event posts a second, commits as
+soon as the writer was free held 3 to 6 requests each, and the writer spent
+0.09-0.17 ms per request; with the delay, 0.07-0.10 ms (SQLite, 64 in flight,
+while delivering). A request that finds the writer idle still commits at once.
 
 If a group's commit fails, its requests are committed again one by one, so
 that a request the database refuses (none is known: every request was
@@ -36,9 +45,22 @@ from models.events import EventIn, Ingested, ingest_many
 
 log = logging.getLogger(__name__)
 
+COMMIT_DELAY = 0.005
+"""Seconds between the starts of two commits of one busy period, at least."""
+ENOUGH_TO_COMMIT = 64
+"""Requests waiting that start a commit without the delay."""
 MAX_GROUP_EVENTS = 2_000
 """Events per transaction at most (a larger request commits alone): a writer's
 turn on SQLite holds off the dispatcher's claims, so turns are kept short."""
+
+
+def gather_for(
+    now: float, previous_start: float, waiting: int, *, delay: float, enough: int
+) -> float:
+    """Seconds to let more requests join before the next commit of a busy period."""
+    if waiting >= enough:
+        return 0.0
+    return max(0.0, previous_start + delay - now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +82,14 @@ class GroupCommit:
         engine: Engine,
         *,
         max_events: int = MAX_GROUP_EVENTS,
+        delay: float = COMMIT_DELAY,
+        enough: int = ENOUGH_TO_COMMIT,
         committed: Callable[[list[Ingested]], None] | None = None,
     ) -> None:
         self._engine = engine
         self._max_events = max_events
+        self._delay = delay
+        self._enough = enough
         self._committed = committed
         self._waiting: deque[_Waiting] = deque()
         self._writer: asyncio.Task[None] | None = None
@@ -96,10 +122,18 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         if self._db is None:
             self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
+        started: float | None = None  # this busy period's last commit
         while self._waiting:
+            if started is not None:
+                pause = gather_for(
+                    loop.time(), started, len(self._waiting), delay=self._delay, enough=self._enough
+                )
+                if pause:
+                    await asyncio.sleep(pause)
             group = self._next_group()
             if not group:
                 continue
+            started = loop.time()
             try:
                 outcomes = await loop.run_in_executor(self._db, self._commit, group)
             except Exception as exc:  # a bug, not the database: each request fails with it
@@ -115,7 +149,10 @@ class GroupCommit:
                 else:
                     waiting.answer.set_exception(outcome)
             if stored and self._committed is not None:
-                self._committed(stored)
+                try:
+                    self._committed(stored)
+                except Exception:  # waking the dispatcher is a hint: its poll finds the work
+                    log.exception("after a commit")
 
     def _next_group(self) -> list[_Waiting]:
         """The oldest waiting requests, up to ``max_events`` events (at least one request)."""

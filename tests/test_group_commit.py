@@ -20,8 +20,8 @@ from sqlmodel import Session, select
 
 from api.app import create_app
 from dispatcher.settings import Settings
-from models.events import Event, ingest_many
-from models.group_commit import GroupCommit
+from models.events import Event, EventIn, ingest_many
+from models.group_commit import GroupCommit, gather_for
 from tests.conftest import make_key
 from tests.test_ingest import EVENTS, auth, count_rows, endpoint
 
@@ -283,3 +283,37 @@ def client_keys(app: FastAPI, engine: Engine) -> list[str]:
         for key in keys:
             endpoint(client, key)
     return keys
+
+
+@pytest.mark.parametrize(
+    ("now", "previous_start", "waiting", "expected"),
+    [
+        (10.000, 10.000, 1, 0.005),  # a commit just started: let more join for 5 ms
+        (10.003, 10.000, 1, 0.002),  # the rest of the 5 ms
+        (10.005, 10.000, 1, 0.0),  # the previous commit took the 5 ms itself
+        (10.020, 10.000, 40, 0.0),
+        (10.001, 10.000, 63, 0.004),
+        (10.001, 10.000, 64, 0.0),  # enough are waiting: commit now
+    ],
+)
+def test_a_busy_writer_lets_requests_gather_for_the_delay_unless_enough_wait(
+    now: float, previous_start: float, waiting: int, expected: float
+) -> None:
+    assert gather_for(now, previous_start, waiting, delay=0.005, enough=64) == pytest.approx(
+        expected
+    )
+
+
+async def test_a_failing_after_commit_hook_neither_fails_requests_nor_stops_the_writer(
+    engine: Engine, client_keys: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(_stored: list[Any]) -> None:
+        raise RuntimeError("the dispatcher is gone")
+
+    group_commit = GroupCommit(engine, committed=broken)
+    account = account_of(engine, client_keys[0])
+    first = await group_commit.ingest(account, [EventIn.model_validate(one("evt-1"))])
+    second = await group_commit.ingest(account, [EventIn.model_validate(one("evt-2"))])
+    group_commit.close()
+    assert (first.accepted, second.accepted) == (["evt-1"], ["evt-2"])
+    assert "the dispatcher is gone" in caplog.text
