@@ -99,7 +99,7 @@ class GroupCommit:
 
     @property
     def waiting(self) -> int:
-        """Requests waiting for a commit (the group being committed included)."""
+        """Requests waiting for their group (those being committed are not counted)."""
         return len(self._waiting)
 
     async def ingest(self, account_id: str, events: Sequence[EventIn]) -> Ingested:
