@@ -150,8 +150,19 @@ def test_serve_with_two_api_processes_accepts_and_delivers_through_one_dispatche
             assert ids == {e["id"] for e in events}
             health = json.loads(urllib.request.urlopen(f"{base}/healthz", timeout=10).read())
             assert health["status"] == "ok"
+        # Its actors die with serve, a moment after it: until then they hold connections.
+        wait_until(lambda: not dispatcher_actors())
     finally:
         farm.close()
+
+
+def dispatcher_actors() -> list[object]:
+    """The named actors a ``serve`` left in the session's Ray (in namespace ``sentinmail``)."""
+    return [
+        a
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if isinstance(a, dict) and a["namespace"] == "sentinmail"
+    ]
 
 
 def post(base: str, key: str, path: str, body: object) -> dict[str, object]:
