@@ -127,6 +127,14 @@ class Receivers:
         receiver.url = f"https://127.0.0.1:{port}/hook"
         return receiver
 
+    def open_connections(self) -> int:
+        """Connections the receivers hold open (a client that died closes its own)."""
+
+        async def count() -> int:
+            return sum(len(r.server.connections) for r in self._runners if r.server is not None)
+
+        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(10)
+
     def close(self) -> None:
         """Stop every receiver and the loop."""
 

@@ -150,8 +150,10 @@ def test_serve_with_two_api_processes_accepts_and_delivers_through_one_dispatche
             assert ids == {e["id"] for e in events}
             health = json.loads(urllib.request.urlopen(f"{base}/healthz", timeout=10).read())
             assert health["status"] == "ok"
-        # Its actors die with serve, a moment after it: until then they hold connections.
+        # Its actors die with serve, a moment after it: until then they hold
+        # connections, which the receivers' loop must see closed before it stops.
         wait_until(lambda: not dispatcher_actors())
+        wait_until(lambda: farm.open_connections() == 0)
     finally:
         farm.close()
 
