@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -172,8 +173,12 @@ def serve(
             port=port,
             **uvicorn_options(workers=workers, access_log=access_log),
         )
-        # Holding `dispatcher`, this process keeps the actors alive while workers serve.
-        Multiprocess(config, sockets=[listening]).run()
+        # The API processes add up their ingestion metrics through files here
+        # (prometheus-client's multiprocess mode): any of them answers a scrape for all.
+        with tempfile.TemporaryDirectory(prefix="sentinmail-metrics-") as metrics_dir:
+            os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+            # Holding `dispatcher`, this process keeps the actors alive while workers serve.
+            Multiprocess(config, sockets=[listening]).run()
         log.info("service stopped")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import ray
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.receivers import Receivers, wait_until
 
@@ -150,12 +151,27 @@ def test_serve_with_two_api_processes_accepts_and_delivers_through_one_dispatche
             assert ids == {e["id"] for e in events}
             health = json.loads(urllib.request.urlopen(f"{base}/healthz", timeout=10).read())
             assert health["status"] == "ok"
+            # Whichever API process answers a scrape counts the events of both.
+            for _ in range(6):
+                assert accepted_total(base) == 60
         # Its actors die with serve, a moment after it: until then they hold
         # connections, which the receivers' loop must see closed before it stops.
         wait_until(lambda: not dispatcher_actors())
         wait_until(lambda: farm.open_connections() == 0)
     finally:
         farm.close()
+
+
+def accepted_total(base: str) -> float:
+    """``sentinmail_events_accepted_total`` over every type, as one scrape of ``/metrics`` says."""
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "sentinmail_events_accepted"
+        for sample in family.samples
+        if sample.name == "sentinmail_events_accepted_total"
+    )
 
 
 def dispatcher_actors() -> list[object]:
