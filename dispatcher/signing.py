@@ -14,6 +14,9 @@ from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
+from dispatcher.transport import Request
+from models.jobs import Job
+
 
 @functools.lru_cache(maxsize=4096)
 def _webhook(secret: str) -> Webhook:
@@ -36,3 +39,17 @@ def signature_headers(secret: str, msg_id: str, at: datetime, body: bytes) -> di
         "webhook-timestamp": str(int(at.timestamp())),
         "webhook-signature": signature,
     }
+
+
+def signed_request(job: Job, at: datetime, *, user_agent: str, timeout: float) -> Request:
+    """The HTTP request of one attempt of ``job`` at ``at``: its body, signed afresh.
+
+    Every attempt goes out through here, the test event included, so that what a
+    receiver gets (headers, signature, timeout) is the same whatever sent it.
+    """
+    headers = {
+        "content-type": "application/json",
+        "user-agent": user_agent,
+        **signature_headers(job.secret, job.event_id, at, job.body),
+    }
+    return Request(job.url, job.body, headers, timeout)

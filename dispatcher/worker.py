@@ -26,8 +26,8 @@ from dispatcher.errors import TransportError
 from dispatcher.lane import Lane, LanePolicy
 from dispatcher.outcome import Outcome, Verdict, classify
 from dispatcher.settings import USER_AGENT, Settings
-from dispatcher.signing import signature_headers
-from dispatcher.transport import Request, Response, Transport
+from dispatcher.signing import signed_request
+from dispatcher.transport import Response, Transport
 from models.jobs import DeliveryStatus, Job, Result
 
 log = logging.getLogger(__name__)
@@ -267,12 +267,9 @@ class DeliveryWorker:
         response: Response | None = None
         error: Exception | None = None
         try:
-            headers = {
-                "content-type": "application/json",
-                "user-agent": self.policy.user_agent,
-                **signature_headers(job.secret, job.event_id, at, job.body),
-            }
-            request = Request(job.url, job.body, headers, self.policy.attempt_timeout)
+            request = signed_request(
+                job, at, user_agent=self.policy.user_agent, timeout=self.policy.attempt_timeout
+            )
             response = await self.transport.send(request)
         except TransportError as exc:
             error = exc
