@@ -5,5 +5,15 @@ from models.counters import StoredCounter
 from models.deliveries import Attempt, Delivery
 from models.endpoints import Endpoint
 from models.events import Event
+from models.portal_sessions import PortalSession
 
-__all__ = ["Account", "ApiKey", "Attempt", "Delivery", "Endpoint", "Event", "StoredCounter"]
+__all__ = [
+    "Account",
+    "ApiKey",
+    "Attempt",
+    "Delivery",
+    "Endpoint",
+    "Event",
+    "PortalSession",
+    "StoredCounter",
+]

@@ -1,0 +1,356 @@
+"""The portal without a browser: links, sessions, CSRF, tenancy and forms, on every backend.
+
+What a person sees and clicks is in ``test_portal_browser.py``; this drives the
+same pages with a test client, to pin down the rules each request must obey.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from http.cookies import SimpleCookie
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from api.app import create_app
+from dispatcher.settings import Settings
+from models import portal_sessions
+from models.accounts import find_account, get_or_create_account
+from models.portal_sessions import LINK_LIFETIME, SESSION_LIFETIME, PortalSession
+
+SESSIONS = "/api/emails/portal-sessions/"
+ENDPOINTS = "/api/emails/webhook-endpoints/"
+T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def dev_client(database_url: str, engine: Engine) -> TestClient:
+    """A client of an app in development mode (http:// URLs, no Secure cookie), no redirects."""
+    app = create_app(Settings(database_url=database_url, dev=True), engine)
+    return TestClient(app, follow_redirects=False)
+
+
+@pytest.fixture
+def prod_client(settings: Settings, engine: Engine) -> TestClient:
+    """A client of an app in production mode, over https (its cookie is Secure), no redirects."""
+    return TestClient(
+        create_app(settings, engine), base_url="https://testserver", follow_redirects=False
+    )
+
+
+def mint(client: TestClient, key: str) -> str:
+    answer = client.post(SESSIONS, headers={"X-API-Key": key})
+    assert answer.status_code == 201, answer.text
+    url: str = answer.json()["url"]
+    return url
+
+
+def signed_in(client: TestClient, key: str) -> str:
+    """Open a fresh link with ``client``; return the CSRF token its pages carry."""
+    entered = client.get(mint(client, key))
+    assert entered.status_code == 200, entered.text
+    page = client.get("/portal/endpoints/")
+    assert page.status_code == 200
+    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    assert found
+    return found.group(1)
+
+
+# --- minting and opening a link ---------------------------------------------------------
+
+
+def test_a_minted_link_opens_once_and_sets_a_strict_http_only_cookie(
+    client: TestClient, api_key: str
+) -> None:
+    client.follow_redirects = False
+    answer = client.post(SESSIONS, headers={"X-API-Key": api_key})
+    assert answer.status_code == 201
+    body = answer.json()
+    assert body["url"].startswith("http://testserver/portal/enter/")
+    expires = datetime.fromisoformat(body["expires_at"])
+    assert timedelta(minutes=9) < expires - datetime.now(UTC) <= LINK_LIFETIME
+
+    entered = client.get(body["url"])
+    assert entered.status_code == 200
+    assert 'http-equiv="refresh" content="0; url=/portal/endpoints/"' in entered.text
+    cookie = SimpleCookie(entered.headers["set-cookie"])["sentinmail_portal"]
+    assert cookie["httponly"]
+    assert cookie["secure"]
+    assert cookie["samesite"] == "strict"
+    assert cookie["path"] == "/portal"
+    assert int(cookie["max-age"]) == SESSION_LIFETIME.total_seconds()
+
+    again = client.get(body["url"])
+    assert again.status_code == 403
+    assert "no longer works" in again.text
+    assert "set-cookie" not in again.headers
+
+
+def test_in_dev_mode_the_cookie_is_not_secure(dev_client: TestClient, api_key: str) -> None:
+    entered = dev_client.get(mint(dev_client, api_key))
+    assert not SimpleCookie(entered.headers["set-cookie"])["sentinmail_portal"]["secure"]
+
+
+def test_minting_needs_a_key(client: TestClient) -> None:
+    assert client.post(SESSIONS).status_code == 401
+    assert client.post(SESSIONS, headers={"X-API-Key": "sk_nope"}).status_code == 401
+
+
+def test_the_link_starts_with_the_public_url_when_one_is_set(
+    database_url: str, engine: Engine, api_key: str
+) -> None:
+    settings = Settings(database_url=database_url, public_url="https://hooks.example.com/")
+    with TestClient(create_app(settings, engine)) as client:
+        url = client.post(SESSIONS.rstrip("/"), headers={"X-API-Key": api_key}).json()["url"]
+    assert url.startswith("https://hooks.example.com/portal/enter/")
+
+
+def test_a_made_up_link_is_refused(dev_client: TestClient) -> None:
+    assert dev_client.get("/portal/enter/not-a-token").status_code == 403
+
+
+# --- the stored rows, times passed in ---------------------------------------------------
+
+
+def test_only_hashes_are_stored_and_a_link_expires_after_ten_minutes(engine: Engine) -> None:
+    with Session(engine) as session:
+        account = get_or_create_account(session, "acme")
+        session.commit()
+        token, expires = portal_sessions.mint_link(session, account.id, now=T0)
+        assert expires == T0 + LINK_LIFETIME
+        (row,) = session.exec(select(PortalSession)).all()
+        assert token not in (row.link_hash, row.session_hash)
+        late = T0 + LINK_LIFETIME
+        assert portal_sessions.open_link(session, token, now=late) is None
+        opened = portal_sessions.open_link(session, token, now=late - timedelta(seconds=1))
+        assert opened is not None
+        cookie, until = opened
+        assert until == late - timedelta(seconds=1) + SESSION_LIFETIME
+        assert portal_sessions.signed_in(session, cookie, now=until - timedelta(seconds=1))
+        assert portal_sessions.signed_in(session, cookie, now=until) is None
+
+
+def test_minting_clears_what_can_no_longer_be_used(engine: Engine) -> None:
+    with Session(engine) as session:
+        account = get_or_create_account(session, "acme")
+        session.commit()
+        _unused, _ = portal_sessions.mint_link(session, account.id, now=T0)
+        opened, _ = portal_sessions.mint_link(session, account.id, now=T0)
+        assert portal_sessions.open_link(session, opened, now=T0)
+        portal_sessions.mint_link(session, account.id, now=T0 + timedelta(hours=1))
+        # The unused link expired; the open session lives on.
+        assert len(session.exec(select(PortalSession)).all()) == 2
+        portal_sessions.mint_link(session, account.id, now=T0 + SESSION_LIFETIME)
+        assert len(session.exec(select(PortalSession)).all()) == 1
+
+
+# --- sessions and CSRF ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/portal/", "/portal/endpoints/", "/portal/endpoints/new", "/portal/endpoints/x/"]
+)
+def test_pages_need_a_session(dev_client: TestClient, path: str) -> None:
+    answer = dev_client.get(path)
+    assert answer.status_code == 401
+    assert "session has ended" in answer.text
+
+
+def test_a_form_without_its_csrf_token_is_refused_and_changes_nothing(
+    dev_client: TestClient, api_key: str
+) -> None:
+    csrf = signed_in(dev_client, api_key)
+    form = {"url": "http://127.0.0.1:9/hook", "events": ["opened"]}
+    for token in (None, "", "0" * 64):
+        data = form if token is None else {**form, "csrf_token": token}
+        refused = dev_client.post("/portal/endpoints/new/", data=data)
+        assert refused.status_code == 403
+        assert "This form was refused" in refused.text
+    listed = dev_client.get(ENDPOINTS, headers={"X-API-Key": api_key}).json()
+    assert listed["count"] == 0
+    created = dev_client.post("/portal/endpoints/new/", data={**form, "csrf_token": csrf})
+    assert created.status_code == 303
+
+
+def test_another_sessions_csrf_token_is_refused(
+    database_url: str, engine: Engine, api_key: str
+) -> None:
+    app = create_app(Settings(database_url=database_url, dev=True), engine)
+    mine, theirs = (TestClient(app, follow_redirects=False) for _ in range(2))
+    signed_in(mine, api_key)
+    their_token = signed_in(theirs, api_key)
+    data = {"url": "http://127.0.0.1:9/hook", "events": ["opened"], "csrf_token": their_token}
+    assert mine.post("/portal/endpoints/new/", data=data).status_code == 403
+
+
+def test_signing_out_ends_the_session(dev_client: TestClient, api_key: str) -> None:
+    csrf = signed_in(dev_client, api_key)
+    cookie = dev_client.cookies["sentinmail_portal"]
+    assert dev_client.post("/portal/sign-out/", data={"csrf_token": csrf}).status_code == 200
+    dev_client.cookies.set("sentinmail_portal", cookie, path="/portal")  # kept by hand
+    assert dev_client.get("/portal/endpoints/").status_code == 401
+
+
+def test_pages_forbid_framing_scripts_and_caching(dev_client: TestClient, api_key: str) -> None:
+    signed_in(dev_client, api_key)
+    headers = dev_client.get("/portal/endpoints/").headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert "script-src" not in headers["content-security-policy"]  # default-src 'none'
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["cache-control"] == "no-store"
+    assert headers["referrer-policy"] == "no-referrer"
+
+
+# --- tenancy and forms ------------------------------------------------------------------
+
+
+def test_another_accounts_endpoint_is_a_404_on_every_page(
+    dev_client: TestClient, api_key: str, other_key: str
+) -> None:
+    theirs = dev_client.post(
+        ENDPOINTS,
+        headers={"X-API-Key": other_key},
+        json={"url": "http://127.0.0.1:9/theirs", "events": ["opened"]},
+    ).json()["id"]
+    csrf = signed_in(dev_client, api_key)
+    base = f"/portal/endpoints/{theirs}"
+    for method, path, data in [
+        ("get", f"{base}/", None),
+        ("get", f"{base}/delete/", None),
+        ("post", f"{base}/", {"url": "http://127.0.0.1:9/mine", "events": ["opened"]}),
+        ("post", f"{base}/enabled/", {"enabled": "false"}),
+        ("post", f"{base}/delete/", {}),
+    ]:
+        if data is None:
+            answer = dev_client.get(path)
+        else:
+            answer = dev_client.post(path, data={**data, "csrf_token": csrf})
+        assert answer.status_code == 404, (method, path)
+        assert "No such endpoint" in answer.text
+    still = dev_client.get(f"{ENDPOINTS}{theirs}/", headers={"X-API-Key": other_key}).json()
+    assert (still["url"], still["enabled"]) == ("http://127.0.0.1:9/theirs", True)
+
+
+@pytest.mark.parametrize(
+    ("form", "field", "words"),
+    [
+        ({"url": "ftp://a.example/", "events": ["opened"]}, "url", "https://"),
+        ({"url": "https://a.example/", "events": []}, "events", "at least 1 item"),
+        (
+            {"url": "https://a.example/", "events": ["opened"], "rate_limit": "fast"},
+            "rate_limit",
+            "Must be a number",
+        ),
+        (
+            {"url": "https://a.example/", "events": ["opened"], "rate_limit": "0"},
+            "rate_limit",
+            "greater than 0",
+        ),
+        ({"url": "https://a.example/", "events": ["sent"]}, "events", "Input should be"),
+    ],
+)
+def test_a_refused_field_is_explained_beside_it(
+    prod_client: TestClient, api_key: str, form: dict[str, object], field: str, words: str
+) -> None:
+    client = prod_client
+    csrf = signed_in(client, api_key)
+    answer = client.post("/portal/endpoints/new/", data={**form, "csrf_token": csrf})
+    assert answer.status_code == 422
+    error = re.search(rf'<p class="error" id="{field}-error">([^<]*)</p>', answer.text)
+    assert error, answer.text
+    assert words in error.group(1)
+    assert f'aria-describedby="{field}-hint {field}-error"' in answer.text
+
+
+def test_http_urls_are_refused_outside_dev_mode(prod_client: TestClient, api_key: str) -> None:
+    client = prod_client
+    csrf = signed_in(client, api_key)
+    data = {"url": "http://a.example/", "events": ["opened"], "csrf_token": csrf}
+    answer = client.post("/portal/endpoints/new/", data=data)
+    assert answer.status_code == 422
+    assert "http:// is allowed only in --dev" in answer.text
+
+
+def test_create_edit_disable_and_delete_go_through_to_the_api(
+    dev_client: TestClient, api_key: str
+) -> None:
+    csrf = signed_in(dev_client, api_key)
+    form = {"url": "http://127.0.0.1:9/a", "events": ["opened", "bounced"], "csrf_token": csrf}
+    created = dev_client.post("/portal/endpoints/new", data=form)
+    assert created.status_code == 303
+    page = created.headers["location"]
+    endpoint_id = page.split("/")[3]
+    api = f"{ENDPOINTS}{endpoint_id}/"
+    key = {"X-API-Key": api_key}
+    assert dev_client.get(api, headers=key).json()["events"] == ["opened", "bounced"]
+
+    edit = {**form, "url": "http://127.0.0.1:9/b", "events": ["clicked"], "rate_limit": "2.5"}
+    assert dev_client.post(f"/portal/endpoints/{endpoint_id}/", data=edit).status_code == 303
+    shown = dev_client.get(api, headers=key).json()
+    assert (shown["url"], shown["events"], shown["rate_limit"]) == (
+        "http://127.0.0.1:9/b",
+        ["clicked"],
+        2.5,
+    )
+
+    disable = {"enabled": "false", "csrf_token": csrf}
+    assert (
+        dev_client.post(f"/portal/endpoints/{endpoint_id}/enabled/", data=disable).status_code
+        == 303
+    )
+    assert dev_client.get(api, headers=key).json()["enabled"] is False
+
+    confirm = dev_client.get(f"/portal/endpoints/{endpoint_id}/delete/")
+    assert "Delete this endpoint?" in confirm.text
+    gone = dev_client.post(f"/portal/endpoints/{endpoint_id}/delete/", data={"csrf_token": csrf})
+    assert gone.headers["location"] == "/portal/endpoints/?notice=deleted"
+    assert dev_client.get(api, headers=key).status_code == 404
+
+
+def test_the_secret_is_in_the_page_only_once_revealed(dev_client: TestClient, api_key: str) -> None:
+    created = dev_client.post(
+        ENDPOINTS,
+        headers={"X-API-Key": api_key},
+        json={"url": "http://127.0.0.1:9/a", "events": ["opened"]},
+    ).json()
+    signed_in(dev_client, api_key)
+    page = f"/portal/endpoints/{created['id']}/"
+    assert created["secret"] not in dev_client.get(page).text
+    assert created["secret"] in dev_client.get(page + "?reveal=secret").text
+
+
+def test_the_cli_prints_a_link_that_opens_the_portal(
+    database_url: str, engine: Engine, api_key: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from dispatcher.cli import app as cli
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--database-url",
+            database_url,
+            "portal-link",
+            "--account",
+            "acme",
+            "--base-url",
+            "http://testserver",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    link = result.stdout.strip()
+    assert link.startswith("http://testserver/portal/enter/")
+    app = create_app(Settings(database_url=database_url, dev=True), engine)
+    client = TestClient(app, follow_redirects=False)
+    assert client.get(link).status_code == 200
+    assert client.get("/portal/endpoints/").status_code == 200
+    with Session(engine) as session:
+        assert find_account(session, "acme") is not None
+    missing = CliRunner().invoke(
+        cli, ["--database-url", database_url, "portal-link", "--account", "nobody"]
+    )
+    assert missing.exit_code == 1
