@@ -238,7 +238,7 @@ def test_another_accounts_endpoint_is_a_404_on_every_page(
     ("form", "field", "words"),
     [
         ({"url": "ftp://a.example/", "events": ["opened"]}, "url", "https://"),
-        ({"url": "https://a.example/", "events": []}, "events", "at least 1 item"),
+        ({"url": "https://a.example/", "events": []}, "events", "Tick at least one event type"),
         (
             {"url": "https://a.example/", "events": ["opened"], "rate_limit": "fast"},
             "rate_limit",

@@ -32,6 +32,12 @@ def _sentence(message: str) -> str:
     return message[:1].upper() + message[1:] + ("" if message.endswith(".") else ".")
 
 
+# Where pydantic's wording speaks of data rather than of the form: (field, error type) -> words.
+PLAIN_WORDS = {
+    ("events", "too_short"): "Tick at least one event type.",
+}
+
+
 def errors_of(exc: ValidationError | InvalidInput) -> dict[str, str]:
     """The refused fields of a model's validation, or of a domain check, by field name."""
     if isinstance(exc, InvalidInput):
@@ -39,7 +45,8 @@ def errors_of(exc: ValidationError | InvalidInput) -> dict[str, str]:
     errors: dict[str, str] = {}
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else "form"
-        errors.setdefault(field, _sentence(error["msg"]))
+        words = PLAIN_WORDS.get((field, error["type"])) or _sentence(error["msg"])
+        errors.setdefault(field, words)
     return errors
 
 
