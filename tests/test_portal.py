@@ -186,6 +186,18 @@ def test_another_sessions_csrf_token_is_refused(
     assert mine.post("/portal/endpoints/new/", data=data).status_code == 403
 
 
+def test_a_session_opened_on_one_api_process_works_on_another(
+    database_url: str, engine: Engine, api_key: str
+) -> None:
+    settings = Settings(database_url=database_url, dev=True)
+    one, other = (TestClient(create_app(settings, engine), follow_redirects=False) for _ in "12")
+    csrf = signed_in(one, api_key)
+    other.cookies.set("sentinmail_portal", one.cookies["sentinmail_portal"], path="/portal")
+    assert other.get("/portal/endpoints/").status_code == 200
+    data = {"url": "http://127.0.0.1:9/a", "events": ["opened"], "csrf_token": csrf}
+    assert other.post("/portal/endpoints/new/", data=data).status_code == 303
+
+
 def test_signing_out_ends_the_session(dev_client: TestClient, api_key: str) -> None:
     csrf = signed_in(dev_client, api_key)
     cookie = dev_client.cookies["sentinmail_portal"]
