@@ -18,9 +18,18 @@ from api.metrics import IngestTimer, Metrics
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
 from api.portal import pages as portal
 from api.portal.links import PREFIX as PORTAL
-from api.routes import endpoints, events, health, metrics, portal_sessions
+from api.routes import (
+    deliveries,
+    endpoint_recovery,
+    endpoints,
+    events,
+    health,
+    metrics,
+    portal_sessions,
+)
 from api.routing import operation_id
 from api.wakeups import Waker
+from dispatcher.probe import ProbeLimiter
 from dispatcher.settings import Settings
 from models.db import make_engine, reader
 from models.group_commit import GroupCommit
@@ -70,6 +79,7 @@ def create_app(
     app.state.dispatcher = dispatcher
     app.state.metrics = Metrics(app.state.reader, dispatcher)
     app.state.keys = KeyCache(settings.key_cache_seconds)
+    app.state.probes = ProbeLimiter()  # test events, per process
     app.state.ingestion = GroupCommit(
         app.state.engine, committed=None if dispatcher is None else Waker(dispatcher).committed
     )
@@ -79,6 +89,8 @@ def create_app(
     # match came after every endpoint route's: ~10 us of a single-event post).
     app.include_router(events.router)
     app.include_router(endpoints.router)
+    app.include_router(endpoint_recovery.router)
+    app.include_router(deliveries.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(portal_sessions.router)

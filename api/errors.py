@@ -1,7 +1,7 @@
 """The one place where errors become HTTP responses, and the shapes they have.
 
 Every error body is JSON ``{"detail": ...}``: a sentence (:class:`ErrorMessage`:
-401, 404) or FastAPI's list of field errors (:class:`FieldErrors`: 422, 413),
+401, 404, 409, 429) or FastAPI's list of field errors (:class:`FieldErrors`: 422, 413),
 ``[{"loc": [...], "msg": ..., "type": ...}]``, so clients parse one shape.
 The OpenAPI document declares them with these models (see ``api.routing``).
 """
@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
-from models.errors import InvalidInput, NotFound, Unavailable
+from models.errors import Conflict, InvalidInput, NotFound, TooMany, Unavailable
 
 
 class ErrorMessage(BaseModel):
@@ -80,6 +80,20 @@ def _documented_methods(app: FastAPI, path: str) -> set[str]:
     return set()
 
 
+def _conflict(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Conflict)
+    return JSONResponse({"detail": exc.reason}, status_code=409)
+
+
+def _too_many(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TooMany)
+    return JSONResponse(
+        {"detail": exc.reason},
+        status_code=429,
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
 def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Unavailable)
     return JSONResponse(
@@ -95,3 +109,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(InvalidInput, _invalid)
     app.add_exception_handler(Unavailable, _unavailable)
+    app.add_exception_handler(Conflict, _conflict)
+    app.add_exception_handler(TooMany, _too_many)

@@ -287,14 +287,22 @@ class DeliveryWorker:
         breaker = lane.breaker.state
         lane.done(outcome.verdict is Verdict.SUCCEEDED, now)
         self._in_flight.pop(job.delivery_id, None)  # may be held twice after a lease expired
-        result = self._settle(job, outcome, at, int((now - started) * 1000))
+        body = response.body_start.decode("utf-8", "replace") if response else None
+        result = self._settle(job, outcome, at, int((now - started) * 1000), body)
         self._emit(result)
         self._changed[lane.origin].set()
         logs.attempt(log, result)
         if lane.breaker.state is not breaker:
             logs.breaker(log, lane.origin, breaker, lane.breaker.state)
 
-    def _settle(self, job: Job, outcome: Outcome, at: datetime, duration_ms: int) -> Result:
+    def _settle(
+        self,
+        job: Job,
+        outcome: Outcome,
+        at: datetime,
+        duration_ms: int,
+        response_body: str | None = None,
+    ) -> Result:
         """The delivery's next state after this attempt."""
         status, due = DeliveryStatus.SUCCEEDED, None
         if outcome.verdict is Verdict.GONE:
@@ -316,6 +324,7 @@ class DeliveryWorker:
             error=outcome.error,
             duration_ms=duration_ms,
             gone=outcome.verdict is Verdict.GONE,
+            response_body=response_body,
         )
 
     # -- results ----------------------------------------------------------------

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     text,
     update,
 )
@@ -59,7 +60,12 @@ class Delivery(SQLModel, table=True):
             postgresql_where=OPEN_CLAUSE,
         ),
         Index("ix_delivery_event", "account_id", "event_id"),
-        Index("ix_delivery_endpoint", "endpoint_id", "status"),
+        # The delivery log (models.delivery_log) walks these newest first, by id; the
+        # endpoint-and-status one also serves cancel_open.
+        Index("ix_delivery_endpoint", "endpoint_id", "status", "id"),
+        Index("ix_delivery_log", "account_id", "id"),
+        Index("ix_delivery_log_status", "account_id", "status", "id"),
+        Index("ix_delivery_log_endpoint", "endpoint_id", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BIG_ID)
@@ -84,6 +90,8 @@ class Attempt(SQLModel, table=True):
     status_code: int | None = None
     error: str | None = Field(default=None, max_length=500)
     duration_ms: int
+    # The first KiB of the receiver's answer, as text: its own error message, shown in the log.
+    response_body: str | None = Field(default=None, sa_type=Text)
 
 
 # Core tables, for executemany statements that bypass the ORM's unit of work.
@@ -150,9 +158,9 @@ def _record_sql(db: Driver) -> tuple[str, str]:
     if db.postgresql:
         a = db.list_mark
         return (
-            "INSERT INTO attempt (delivery_id, at, status_code, error, duration_ms)"
+            "INSERT INTO attempt (delivery_id, at, status_code, error, duration_ms, response_body)"
             f" SELECT * FROM unnest({a}::bigint[], {a}::timestamptz[], {a}::integer[],"
-            f" {a}::text[], {a}::integer[])",
+            f" {a}::text[], {a}::integer[], {a}::text[])",
             # ``leased`` is the status a row must still have, given as data: as a
             # constant, and with statistics from before the claims, the planner
             # takes no row to be delivering and scans them all for every id.
@@ -163,8 +171,8 @@ def _record_sql(db: Driver) -> tuple[str, str]:
             " WHERE d.id = u.id AND d.status = u.leased RETURNING u.status",
         )
     return (
-        "INSERT INTO attempt (delivery_id, at, status_code, error, duration_ms)"
-        f" VALUES ({m}, {m}, {m}, {m}, {m})",
+        "INSERT INTO attempt (delivery_id, at, status_code, error, duration_ms, response_body)"
+        f" VALUES ({m}, {m}, {m}, {m}, {m}, {m})",
         f"UPDATE delivery SET status = {m}, attempts = {m}, due_at = coalesce({m}, due_at),"
         f" updated_at = {m} WHERE id = {m} AND status = '{_DELIVERING}'",
     )
@@ -236,6 +244,7 @@ def record(
                     [r.status_code for r in attempted],
                     [r.error[:500] if r.error else None for r in attempted],
                     [r.duration_ms for r in attempted],
+                    [r.response_body for r in attempted],
                 ),
             )
         updated = connection.exec_driver_sql(
@@ -260,6 +269,7 @@ def record(
                     r.status_code,
                     r.error[:500] if r.error else None,
                     r.duration_ms,
+                    r.response_body,
                 )
                 for r in attempted
             ],

@@ -3,6 +3,8 @@
 DomainError
  ├── NotFound          the resource does not exist for this account
  ├── InvalidInput      a field is well-formed but not acceptable here
+ ├── Conflict          the resource's state does not allow the operation now
+ ├── TooMany           the caller asks too often; it may ask again later
  └── Unavailable       the database did not commit; the caller should retry
 """
 
@@ -29,6 +31,23 @@ class InvalidInput(DomainError):
         super().__init__(f"{'.'.join(map(str, loc))}: {message}")
         self.loc = loc
         self.message = message
+
+
+class Conflict(DomainError):
+    """The operation does not fit the resource's state now; ``reason`` says what to do."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TooMany(DomainError):
+    """Too many calls of this kind lately; ``retry_after`` seconds until the next is taken."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class Unavailable(DomainError):

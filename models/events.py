@@ -119,6 +119,25 @@ def _check_json(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _instant_input(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 date-time string such as 2026-04-02T14:30:00Z")
+    return _timestamp_input(value)
+
+
+Instant = Annotated[
+    datetime,
+    BeforeValidator(_instant_input),
+    AfterValidator(_check_utc),
+    WithJsonSchema({"type": "string", "pattern": TIMESTAMP_PATTERN}),
+]
+"""A time given as RFC 3339 text (no offset means UTC), years 1970 to 9998, in UTC.
+
+For query parameters and bodies that name a time (the delivery log's and
+recovery's windows).
+"""
+
+
 def _new_event_id() -> str:
     return f"evt-{new_id()}"
 
@@ -197,17 +216,26 @@ class Accepted(BaseModel):
 
 
 class AttemptOut(BaseModel):
-    """One delivery attempt as the event view shows it."""
+    """One delivery attempt: when, the answer's status or why there was none, how long."""
 
     at: datetime
     status_code: int | None
     error: str | None
     duration_ms: int
+    response_body: str | None = PydanticField(
+        default=None,
+        description="The first KiB of the receiver's answer as text (invalid UTF-8 replaced);"
+        " null when no answer came.",
+        examples=['{"error": "signature mismatch"}'],
+    )
 
 
 class DeliveryOut(BaseModel):
     """An event's delivery to one endpoint."""
 
+    id: str = PydanticField(
+        description="The delivery's id, as the delivery log shows it.", examples=["1042"]
+    )
     endpoint_id: str
     status: DeliveryStatus
     next_attempt_at: datetime | None
@@ -228,7 +256,11 @@ class Event(SQLModel, table=True):
     """An accepted event; ``body`` is the payload exactly as every delivery sends it."""
 
     # Retention walks events oldest first, in this order (see models.retention).
-    __table_args__ = (Index("ix_event_created", "created_at", "account_id", "id"),)
+    __table_args__ = (
+        Index("ix_event_created", "created_at", "account_id", "id"),
+        # Recovery walks one account's events of a window in this order (models.recovery).
+        Index("ix_event_account_created", "account_id", "created_at", "id"),
+    )
 
     account_id: str = Field(foreign_key="account.id", primary_key=True, max_length=36)
     id: str = Field(primary_key=True, max_length=100)
@@ -358,10 +390,24 @@ def _ingest_many(session: Session, submissions: Sequence[Submission]) -> list[In
                     deliveries.append((account_id, event_id, endpoint_id, priority, *pending))
                     made[index] += 1
         insert_rows(connection, db, EVENT.name, _EVENT_COLUMNS, rows)
-        if deliveries:
-            insert_rows(connection, db, DELIVERY.name, _DELIVERY_COLUMNS, deliveries)
+        insert_deliveries(connection, db, deliveries)
     session.commit()
     return [Ingested(*r) for r in zip(accepted, duplicates, made, strict=True)]
+
+
+def insert_deliveries(connection: Connection, db: Driver, rows: Sequence[tuple[Any, ...]]) -> None:
+    """INSERT delivery rows as ingestion writes them (no commit).
+
+    Each row: account id, event id, endpoint id, priority, status, attempts,
+    due_at, created_at, updated_at (times through ``db.time``). Recovery
+    (``models.recovery``) creates its deliveries through here too.
+    """
+    insert_rows(connection, db, DELIVERY.name, _DELIVERY_COLUMNS, rows)
+
+
+def payload_body(event: EventIn, event_id: str, now: datetime) -> str:
+    """The JSON body a delivery of ``event`` sends, as ingestion would store it at ``now``."""
+    return _payload_body(event, event_id, _timestamp(now))
 
 
 def _known_ids(
@@ -447,6 +493,7 @@ def get_event(session: Session, account_id: str, event_id: str) -> EventOut:
         payload=json.loads(event.body),
         deliveries=[
             DeliveryOut(
+                id=str(d.id),
                 endpoint_id=d.endpoint_id,
                 status=d.status,
                 next_attempt_at=d.due_at if d.status == DeliveryStatus.PENDING else None,

@@ -66,6 +66,8 @@ class Result:
     gone: bool = False
     blocked: bool = False
     """Handed back because its host takes nothing now (breaker open, every slot stuck)."""
+    response_body: str | None = None
+    """The first KiB of the receiver's answer as text (invalid UTF-8 replaced); None if none."""
 
 
 # Jobs and results cross Ray in batches, several times each. Pickled by default, a

@@ -526,7 +526,8 @@ def test_the_event_view_shows_each_delivery_and_its_attempts(
     assert set(shown) == {"id", "type", "accepted_at", "payload", "deliveries"}
     assert {d["endpoint_id"] for d in shown["deliveries"]} == {first, second}
     for delivery in shown["deliveries"]:
-        assert set(delivery) == {"endpoint_id", "status", "next_attempt_at", "attempts"}
+        assert set(delivery) == {"id", "endpoint_id", "status", "next_attempt_at", "attempts"}
+        assert delivery["id"].isdigit()  # as the delivery log shows it
         assert (delivery["status"], delivery["attempts"]) == ("pending", [])
         assert parse(delivery["next_attempt_at"]) <= utcnow()
 
@@ -556,11 +557,12 @@ def test_the_event_view_shows_each_delivery_and_its_attempts(
     assert len(one["attempts"]) == 1
     assert parse(one["attempts"][0]["at"]) == now
     assert one["attempts"][0] | {"at": None} == {
-        "at": None, "status_code": None, "error": "timeout after 15 s", "duration_ms": 15_000
+        "at": None, "status_code": None, "error": "timeout after 15 s", "duration_ms": 15_000,
+        "response_body": None,
     }  # fmt: skip
     assert (two["status"], two["next_attempt_at"]) == ("succeeded", None)
     assert two["attempts"][0] | {"at": None} == {
-        "at": None, "status_code": 200, "error": None, "duration_ms": 42
+        "at": None, "status_code": 200, "error": None, "duration_ms": 42, "response_body": None
     }  # fmt: skip
 
     # The retry fails with a status, then a last one succeeds: attempts in order.

@@ -43,6 +43,19 @@ def test_no_generated_request_strays_from_the_document(client: TestClient, api_k
             "request-timeout": 60,
             "generation": {"max-examples": MAX_EXAMPLES, "database": "none"},
             "auth": {"openapi": {"APIKeyHeader": {"api_key": api_key}}},
+            "operations": [
+                {
+                    # Its window (until within 14 days after since, since before until)
+                    # relates two fields, which JSON Schema cannot state: a schema-valid
+                    # body may get the 422 that names the field.
+                    "include-operation-id": "recover_endpoint",
+                    "checks": {
+                        "positive_data_acceptance": {
+                            "expected-statuses": ["2xx", "401", "404", "409", "422"]
+                        }
+                    },
+                }
+            ],
         }
     )
     schema = schemathesis.openapi.from_asgi("/openapi.json", client.app, config=config)
