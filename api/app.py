@@ -16,6 +16,8 @@ from api.deps import DispatcherHandle
 from api.key_cache import KeyCache
 from api.metrics import IngestTimer, Metrics
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
+from api.portal import deliveries as portal_deliveries
+from api.portal import operations as portal_operations
 from api.portal import pages as portal
 from api.portal.links import PREFIX as PORTAL
 from api.routes import (
@@ -95,6 +97,8 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(portal_sessions.router)
     app.include_router(portal.router)
+    app.include_router(portal_operations.router)
+    app.include_router(portal_deliveries.router)
     app.mount(f"{PORTAL}/static", StaticFiles(directory=PORTAL_STATIC), name="portal_static")
     app.add_middleware(
         BodyLimit,

@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import RedirectResponse
 from sqlmodel import Session
 
 from api.deps import SessionDep, SettingsDep
 from api.portal import forms
 from api.portal.links import COOKIE, PREFIX
-from api.portal.security import PortalRoute, ViewerDep, form_of, page
+from api.portal.security import PortalRoute, ViewerDep, form_of, notice, page, see
 from models import endpoints as store
 from models import portal_sessions
 from models.base import utcnow
@@ -30,23 +29,6 @@ router = APIRouter(prefix=PREFIX, route_class=PortalRoute, include_in_schema=Fal
 
 PAGE_SIZE = 50
 EVENT_TYPES = [t.value for t in EventType]
-# What a redirect may ask a page to say: only these sentences, never text from the URL.
-NOTICES = {
-    "created": "Endpoint created.",
-    "saved": "Changes saved.",
-    "enabled": "Endpoint enabled. Events from now on are delivered to it.",
-    "disabled": "Endpoint disabled. Nothing is delivered to it until you enable it again.",
-    "deleted": "Endpoint deleted.",
-}
-
-
-def _see(path: str, notice: str | None = None) -> RedirectResponse:
-    """Where a form's result is shown (303: the browser follows with a GET)."""
-    return RedirectResponse(PREFIX + path + (f"?notice={notice}" if notice else ""), 303)
-
-
-def _notice(request: Request) -> str | None:
-    return NOTICES.get(request.query_params.get("notice", ""))
 
 
 def _forget(request: Request, endpoint_id: str) -> None:
@@ -103,7 +85,7 @@ def sign_out(request: Request, session: SessionDep) -> Response:
 @router.get("/")
 def home(viewer: ViewerDep) -> Response:
     """The portal opens on the endpoints."""
-    return _see("/endpoints/")
+    return see("/endpoints/")
 
 
 # --- endpoints --------------------------------------------------------------------------
@@ -122,7 +104,7 @@ def endpoints_page(request: Request, viewer: ViewerDep, session: SessionDep) -> 
             "count": count,
             "offset": offset,
             "page_size": PAGE_SIZE,
-            "notice": _notice(request),
+            "notice": notice(request),
         },
     )
 
@@ -179,10 +161,10 @@ def create_endpoint(
         }
         return page(request, "endpoint_new.html", _form_context(None, values, exc.errors), 422)
     endpoint = store.create_endpoint(session, viewer.account_id, EndpointCreate(**data))
-    return _see(f"/endpoints/{endpoint.id}/", "created")
+    return see(f"/endpoints/{endpoint.id}/", "created")
 
 
-def _endpoint_page(
+def endpoint_page_response(
     request: Request,
     session: Session,
     endpoint: Endpoint,
@@ -190,13 +172,24 @@ def _endpoint_page(
     values: dict[str, Any] | None = None,
     errors: dict[str, str] | None = None,
     status_code: int = 200,
+    **results: Any,
 ) -> Response:
-    reveal = request.query_params.get("reveal") == "secret"
+    """The endpoint's page, with what a form just did (``results``) where it belongs.
+
+    ``results``: ``test_result`` or ``test_error`` (Send test event),
+    ``recovered`` or ``recover_errors`` (Recover since…), with the values sent.
+    """
     context = {
         "endpoint": endpoint,
-        "reveal": reveal,
-        "notice": _notice(request),
+        "reveal": request.query_params.get("reveal") == "secret",
+        "notice": notice(request),
+        "can_test": True,
+        "can_recover": True,
+        "recovered": None,
+        "recover_errors": {},
+        "recover_values": {},
         **_form_context(endpoint, values, errors),
+        **results,
     }
     return page(request, "endpoint.html", context, status_code)
 
@@ -207,7 +200,7 @@ def endpoint_page(
 ) -> Response:
     """One endpoint: its settings (editable), its state, its secret behind "Reveal"."""
     endpoint = store.get_endpoint(session, viewer.account_id, endpoint_id)
-    return _endpoint_page(request, session, endpoint)
+    return endpoint_page_response(request, session, endpoint)
 
 
 @router.post("/endpoints/{endpoint_id}/")
@@ -229,12 +222,12 @@ def save_endpoint(
             "events": forms.choices(form, "events"),
             "rate_limit": forms.text(form, "rate_limit"),
         }
-        return _endpoint_page(
+        return endpoint_page_response(
             request, session, endpoint, values=values, errors=exc.errors, status_code=422
         )
     store.update_endpoint(session, viewer.account_id, endpoint_id, data)
     _forget(request, endpoint_id)
-    return _see(f"/endpoints/{endpoint_id}/", "saved")
+    return see(f"/endpoints/{endpoint_id}/", "saved")
 
 
 @router.post("/endpoints/{endpoint_id}/enabled/")
@@ -245,7 +238,7 @@ def set_enabled(
     enabled = forms.text(form_of(request), "enabled") == "true"
     store.update_endpoint(session, viewer.account_id, endpoint_id, {"enabled": enabled})
     _forget(request, endpoint_id)
-    return _see(f"/endpoints/{endpoint_id}/", "enabled" if enabled else "disabled")
+    return see(f"/endpoints/{endpoint_id}/", "enabled" if enabled else "disabled")
 
 
 @router.get("/endpoints/{endpoint_id}/delete/")
@@ -264,4 +257,4 @@ def delete_endpoint(
     """Delete the endpoint; its open deliveries are cancelled, as through the API."""
     store.delete_endpoint(session, viewer.account_id, endpoint_id)
     _forget(request, endpoint_id)
-    return _see("/endpoints/", "deleted")
+    return see("/endpoints/", "deleted")

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
+from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from api.portal.links import COOKIE, CSRF_FIELD
+from api.portal.links import COOKIE, CSRF_FIELD, PREFIX
 from models import portal_sessions
 from models.base import utcnow
 from models.errors import NotFound
@@ -78,6 +79,27 @@ def page(
     return templates.TemplateResponse(
         request, template, {"viewer": viewer, **(context or {})}, status_code=status_code
     )
+
+
+# What a redirect may ask a page to say: only these sentences, never text from the URL.
+NOTICES = {
+    "created": "Endpoint created.",
+    "saved": "Changes saved.",
+    "enabled": "Endpoint enabled. Events from now on are delivered to it.",
+    "disabled": "Endpoint disabled. Nothing is delivered to it until you enable it again.",
+    "deleted": "Endpoint deleted.",
+    "retried": "Retry scheduled: one more attempt is made now. Reload to see it.",
+}
+
+
+def see(path: str, notice: str | None = None) -> RedirectResponse:
+    """Where a form's result is shown, under the portal (303: the browser follows with a GET)."""
+    return RedirectResponse(PREFIX + path + (f"?notice={notice}" if notice else ""), 303)
+
+
+def notice(request: Request) -> str | None:
+    """The sentence a redirect asked the page to say, if it is one of :data:`NOTICES`."""
+    return NOTICES.get(request.query_params.get("notice", ""))
 
 
 def form_of(request: Request) -> FormData:
