@@ -14,7 +14,7 @@ from api.deps import DispatcherHandle
 from api.key_cache import KeyCache
 from api.metrics import IngestTimer, Metrics
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
-from api.routes import endpoints, events, health, metrics
+from api.routes import endpoint_operations, endpoints, events, health, metrics
 from api.routing import operation_id
 from api.wakeups import Waker
 from dispatcher.settings import Settings
@@ -73,6 +73,7 @@ def create_app(
     # match came after every endpoint route's: ~10 us of a single-event post).
     app.include_router(events.router)
     app.include_router(endpoints.router)
+    app.include_router(endpoint_operations.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_middleware(
