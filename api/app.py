@@ -14,7 +14,15 @@ from api.deps import DispatcherHandle
 from api.key_cache import KeyCache
 from api.metrics import IngestTimer, Metrics
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
-from api.routes import deliveries, endpoint_recovery, endpoints, events, health, metrics
+from api.routes import (
+    deliveries,
+    endpoint_operations,
+    endpoint_recovery,
+    endpoints,
+    events,
+    health,
+    metrics,
+)
 from api.routing import operation_id
 from api.wakeups import Waker
 from dispatcher.probe import ProbeLimiter
@@ -75,6 +83,7 @@ def create_app(
     # match came after every endpoint route's: ~10 us of a single-event post).
     app.include_router(events.router)
     app.include_router(endpoints.router)
+    app.include_router(endpoint_operations.router)
     app.include_router(endpoint_recovery.router)
     app.include_router(deliveries.router)
     app.include_router(health.router)

@@ -3,7 +3,17 @@
 from models.accounts import Account, ApiKey
 from models.counters import StoredCounter
 from models.deliveries import Attempt, Delivery
+from models.endpoint_stats import EndpointStat
 from models.endpoints import Endpoint
 from models.events import Event
 
-__all__ = ["Account", "ApiKey", "Attempt", "Delivery", "Endpoint", "Event", "StoredCounter"]
+__all__ = [
+    "Account",
+    "ApiKey",
+    "Attempt",
+    "Delivery",
+    "Endpoint",
+    "EndpointStat",
+    "Event",
+    "StoredCounter",
+]
