@@ -22,6 +22,7 @@ from api.portal import pages as portal
 from api.portal.links import PREFIX as PORTAL
 from api.routes import (
     deliveries,
+    endpoint_operations,
     endpoint_recovery,
     endpoints,
     events,
@@ -91,6 +92,7 @@ def create_app(
     # match came after every endpoint route's: ~10 us of a single-event post).
     app.include_router(events.router)
     app.include_router(endpoints.router)
+    app.include_router(endpoint_operations.router)
     app.include_router(endpoint_recovery.router)
     app.include_router(deliveries.router)
     app.include_router(health.router)

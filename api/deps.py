@@ -47,8 +47,8 @@ def get_settings(request: Request) -> Settings:
 class DispatcherHandle(Protocol):
     """What the API asks of the dispatcher (``dispatcher.launch.Dispatcher``).
 
-    Every call is fire-and-forget but ``health``: the API never waits on Ray
-    to answer a request.
+    Every call is fire-and-forget but ``health``, ``vitals`` and ``breaker``, which
+    answer within the time they are given: the API never waits on Ray for long.
     """
 
     def wake(self) -> None:
@@ -62,6 +62,9 @@ class DispatcherHandle(Protocol):
 
     def vitals(self, timeout: float) -> dict[str, list[Any]]:
         """Per actor kind, each actor's numbers for ``/metrics`` (None: no answer in time)."""
+
+    def breaker(self, origin: str, timeout: float) -> str | None:
+        """The circuit breaker state of ``origin`` now (None: no answer within ``timeout``)."""
 
 
 # Async: FastAPI would run a plain function in its thread pool, a hop per request.

@@ -246,6 +246,10 @@ class DeliveryActor:
         """Lanes, queue and in-flight counts, and the node this actor runs on."""
         return {**self.worker.stats(), **_where()}
 
+    async def breaker(self, origin: str) -> str:
+        """The breaker state of ``origin``'s lane (``closed`` without one)."""
+        return self.worker.breaker(origin)
+
     async def _report(self, results: list[Result]) -> None:
         await (await self.scheduler.get()).record.remote(results)
 

@@ -16,7 +16,7 @@ import ray
 from sqlalchemy.engine import make_url
 
 from dispatcher import logs
-from dispatcher.actors import DELIVERY_PREFIX, DeliveryActor, RouterActor, SchedulerActor
+from dispatcher.actors import DELIVERY_PREFIX, DeliveryActor, RouterActor, SchedulerActor, shard
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,21 @@ class Dispatcher:
                     value = None
             answers[kind].append(value)
         return answers
+
+    def breaker(self, origin: str, timeout: float) -> str | None:
+        """The breaker state of ``origin`` in the delivery actor that owns it; None if no answer.
+
+        The call is dropped after ``timeout`` (a stats request must not wait on
+        a restarting actor); the actor answers it later to nobody.
+        """
+        if not self.workers:
+            return None
+        worker = self.workers[shard(origin, len(self.workers))]
+        try:
+            state: str = ray.get(worker.breaker.remote(origin), timeout=timeout)
+        except Exception:  # slow, dead or restarting: the caller says "unknown"
+            return None
+        return state
 
     def stop(self) -> None:
         """Kill every actor of this dispatcher (their leases bring the work back)."""

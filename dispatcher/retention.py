@@ -22,14 +22,18 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from models import endpoint_stats
 from models.base import utcnow
 from models.retention import Chunk, EventKey, purge_chunk
+
+STATS_KEPT = timedelta(seconds=endpoint_stats.MAX_WINDOW)
+"""The statistics rollup is kept for the longest stats window, or the retention if longer."""
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,8 @@ class Purged:
     attempts: int = 0
     examined: int = 0
     """Events looked at (an event kept is looked at once a pass)."""
+    stats: int = 0
+    """Rows of the statistics rollup deleted."""
     chunks: int = 0
     largest_chunk: int = 0
     """The most rows one transaction deleted."""
@@ -129,6 +135,7 @@ class Purged:
         self.deliveries += chunk.deliveries
         self.attempts += chunk.attempts
         self.examined += chunk.examined
+        self.stats += chunk.stats
         self.chunks += 1
         self.largest_chunk = max(self.largest_chunk, chunk.rows)
 
@@ -144,30 +151,53 @@ class Purger:
     engine: Engine
     policy: PurgePolicy = field(default_factory=PurgePolicy)
     clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], datetime] = utcnow
     pace: PurgePace = field(init=False)
     _after: EventKey | None = field(default=None, init=False)
+    _events_done: bool = field(default=False, init=False)
+    """This pass has examined every event; only rollup rows are left to delete."""
 
     def __post_init__(self) -> None:
         self.pace = PurgePace(self.policy)
 
     def chunk(self, cutoff: datetime) -> tuple[Chunk, float]:
-        """Purge the pass's next chunk and commit; return it and the seconds to rest."""
+        """Purge the pass's next chunk and commit; return it and the seconds to rest.
+
+        A chunk also deletes up to ``max_rows`` rows of the statistics rollup
+        older than ``cutoff`` and the longest stats window; the pass goes on
+        while they keep coming, after its events are done.
+        """
         started, asked = self.clock(), self.pace.limit
+        stats_cutoff = min(cutoff, self.wall() - STATS_KEPT)
         with Session(self.engine) as session:
-            chunk = purge_chunk(session, cutoff=cutoff, after=self._after, limit=asked)
+            chunk = Chunk(examined=0)
+            if not self._events_done:
+                chunk = purge_chunk(session, cutoff=cutoff, after=self._after, limit=asked)
+            stats = endpoint_stats.purge(session, cutoff=stats_cutoff, limit=self.policy.max_rows)
             session.commit()
-        rest = self.pace.after(chunk, self.clock() - started)
-        self._after = chunk.last if chunk.examined >= asked else None  # a pass ends: start over
+        chunk = replace(chunk, stats=stats)
+        seconds = self.clock() - started
+        if self._events_done:
+            rest = self.policy.idle
+        else:
+            rest = self.pace.after(chunk, seconds)
+            self._after = chunk.last if chunk.examined >= asked else None
+            self._events_done = self._after is None
+        if stats >= self.policy.max_rows:  # more rollup rows to go: catching up, as events do
+            rest = seconds * (1 - self.policy.duty) / self.policy.duty
+        elif self._events_done:
+            self._events_done = False  # a pass ends: start over
         return chunk, rest
 
     def restart_pass(self) -> None:
         """Start the next chunk from the oldest event again."""
         self._after = None
+        self._events_done = False
 
     @property
     def between_passes(self) -> bool:
         """Whether the last chunk ended a pass (the next starts again from the oldest event)."""
-        return self._after is None
+        return self._after is None and not self._events_done
 
     def run_pass(self, cutoff: datetime, *, sleep: Callable[[float], None] = time.sleep) -> Purged:
         """One whole pass, resting between chunks as the pace says."""
@@ -176,7 +206,7 @@ class Purger:
         while True:
             chunk, rest = self.chunk(cutoff)
             purged.add(chunk)
-            if self._after is None:
+            if self.between_passes:
                 return purged
             sleep(rest)
 

@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from dispatcher import logs
 from dispatcher.capacity import Capacity, CapacityLedger
-from models import counters, deliveries, endpoints
+from models import counters, deliveries, endpoint_stats, endpoints
 from models.jobs import DeliveryStatus, Job, Result
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class Scheduler:
                 gone.add(r.job.endpoint_id)
         with Session(self.engine) as session:
             moved = deliveries.record(session, results, now=now)
+            endpoint_stats.record(session, results, now=now)  # equal to the attempts: one commit
             disabled = endpoints.record_health(
                 session,
                 succeeded=succeeded,

@@ -24,16 +24,25 @@ def _webhook(secret: str) -> Webhook:
     return Webhook(secret)
 
 
-def signature_headers(secret: str, msg_id: str, at: datetime, body: bytes) -> dict[str, str]:
+def signature_headers(
+    secret: str, msg_id: str, at: datetime, body: bytes, previous_secret: str | None = None
+) -> dict[str, str]:
     """The three Standard Webhooks headers for ``body`` sent as ``msg_id`` at ``at``.
 
     ``body`` must be exactly the bytes that go on the wire: the signature covers
-    them, and a receiver verifies against what it read.
+    them, and a receiver verifies against what it read. With a ``previous_secret``
+    (a rotation's grace period), ``webhook-signature`` carries two ``v1,``
+    signatures, space-separated, the current secret's first: a receiver that
+    still has the old secret verifies as well as one that has the new.
     """
     if at.tzinfo is None:
         raise ValueError("signing time must be timezone-aware")
     at = at.astimezone(UTC)
-    signature: str = _webhook(secret).sign(msg_id, at, body.decode("utf-8"))
+    text = body.decode("utf-8")
+    signature: str = _webhook(secret).sign(msg_id, at, text)
+    if previous_secret is not None:
+        # Only during a grace period: signing twice costs a second HMAC.
+        signature += " " + _webhook(previous_secret).sign(msg_id, at, text)
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(at.timestamp())),
@@ -45,11 +54,14 @@ def signed_request(job: Job, at: datetime, *, user_agent: str, timeout: float) -
     """The HTTP request of one attempt of ``job`` at ``at``: its body, signed afresh.
 
     Every attempt goes out through here, the test event included, so that what a
-    receiver gets (headers, signature, timeout) is the same whatever sent it.
+    receiver gets (custom headers, signatures, timeout) is the same whatever sent it.
     """
+    # The endpoint's own headers first: the API refuses the names set after them,
+    # and these would win all the same.
     headers = {
+        **dict(job.headers),
         "content-type": "application/json",
         "user-agent": user_agent,
-        **signature_headers(job.secret, job.event_id, at, job.body),
+        **signature_headers(job.secret, job.event_id, at, job.body, job.previous_secret),
     }
     return Request(job.url, job.body, headers, timeout)

@@ -167,6 +167,11 @@ class DeliveryWorker:
             "open_breakers": sum(1 for lane in self._lanes.values() if lane.parked(self._clock())),
         }
 
+    def breaker(self, origin: str) -> str:
+        """The breaker state of ``origin``'s lane; ``closed`` without one (none failed lately)."""
+        lane = self._lanes.get(origin)
+        return "closed" if lane is None else lane.breaker.state.value
+
     def footprint(self) -> dict[str, int]:
         """What the worker keeps per host (lanes, their wake-up events and pumps) and in all."""
         return {

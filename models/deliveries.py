@@ -13,6 +13,7 @@ The dispatcher moves work as :class:`models.jobs.Job` and
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -122,7 +123,10 @@ def _claim_sql(db: Driver, excluding: bool) -> str:
     m = db.mark
     return (
         "SELECT d.id, d.event_id, e.id, e.url, e.origin, e.secret, e.rate_limit,"
-        " d.priority, d.attempts, v.body"
+        " d.priority, d.attempts, v.body,"
+        # The previous secret only while it still signs: the worker signs twice for it.
+        f" CASE WHEN e.previous_secret_expires_at > {m} THEN e.previous_secret END,"
+        " e.headers"
         " FROM delivery AS d"
         " JOIN endpoint AS e ON e.id = d.endpoint_id"
         " JOIN event AS v ON v.account_id = d.account_id AND v.id = d.event_id"
@@ -190,11 +194,32 @@ def due(session: Session, *, now: datetime, limit: int, excluding: Sequence[str]
     if limit <= 0:
         return []
     connection, db = driver(session)
-    params: tuple[Any, ...] = (db.time(now),)
+    at = db.time(now)
+    params: tuple[Any, ...] = (at, at)
     if excluding:
         params += (db.values(excluding),)
     rows = connection.exec_driver_sql(_claim_sql(db, bool(excluding)), (*params, limit))
-    return [Job(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9].encode()) for r in rows]
+    return [
+        Job(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9].encode(), r[10],
+            () if r[11] is None else _headers(r[11]),
+        )
+        for r in rows
+    ]  # fmt: skip
+
+
+def _headers(stored: str | dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """An endpoint's headers as a job carries them (JSON text on SQLite, a dict from psycopg)."""
+    if isinstance(stored, str):
+        return _parsed_headers(stored)
+    return tuple(stored.items())
+
+
+@lru_cache(maxsize=1024)
+def _parsed_headers(text: str) -> tuple[tuple[str, str], ...]:
+    # Every job of an endpoint carries the same text: decoded once.
+    parsed = json.loads(text)
+    return () if parsed is None else tuple(parsed.items())
 
 
 def lease(session: Session, delivery_ids: Sequence[int], *, now: datetime, until: datetime) -> None:

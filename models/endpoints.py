@@ -15,12 +15,20 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Strict,
+    field_validator,
+)
 from pydantic import Field as PydanticField
 from sqlalchemy import JSON, Index, func, text
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.base import UTCDateTime, new_id, utcnow
+from models.custom_headers import CustomHeaders
 from models.deliveries import cancel_open
 from models.driver import driver
 from models.errors import InvalidInput, NotFound
@@ -30,6 +38,19 @@ MAX_URL_LENGTH = 2048
 DISABLED = text("enabled IS FALSE")
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
+# A customer's own secret: 24 to 64 bytes, as Standard Webhooks defines it.
+MIN_SECRET_BYTES, MAX_SECRET_BYTES = 24, 64
+# 24 to 62 bytes are 8 to 20 groups of four and an optional tail; 63 or 64, 21 groups
+# and an optional two-character tail: the pattern publishes the exact rule.
+_B64 = "[A-Za-z0-9+/]"
+SECRET_PATTERN = (
+    f"^whsec_(?:(?:{_B64}{{4}}){{8,20}}(?:{_B64}{{2}}==|{_B64}{{3}}=)?"
+    f"|(?:{_B64}{{4}}){{21}}(?:{_B64}{{2}}==)?)$"
+)
+_SECRET = re.compile(SECRET_PATTERN)
+MAX_SECRET_LENGTH = 100
+MAX_GRACE_SECONDS = 7 * 24 * 3600
+DEFAULT_GRACE_SECONDS = 24 * 3600
 MAX_RATE_LIMIT = 100_000
 
 # What an endpoint URL may be, as one pattern that the OpenAPI document publishes
@@ -56,6 +77,27 @@ def new_secret(raw: bytes | None = None) -> str:
     if raw is None:
         raw = secrets.token_bytes(SECRET_BYTES)
     return SECRET_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+def _check_secret(secret: str) -> str:
+    """A ``whsec_`` secret of 24 to 64 random bytes in standard base64."""
+    if not _SECRET.fullmatch(secret):
+        raise ValueError("must be whsec_ followed by the standard base64 of 24 to 64 bytes")
+    raw = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    if not MIN_SECRET_BYTES <= len(raw) <= MAX_SECRET_BYTES:
+        raise ValueError(
+            f"must encode {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes, not {len(raw)}"
+        )
+    return secret
+
+
+def _whole_number(value: Any) -> Any:
+    """An integer as JSON Schema has it: 60 and 60.0 alike, never "60", 1.5 or true."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a whole number of seconds")
+    return value
 
 
 def _check_url(url: str) -> str:
@@ -118,16 +160,27 @@ StrictBool = Annotated[bool, Strict()]
 
 
 class EndpointReplace(BaseModel):
-    """Body of ``PUT``: the URL and the subscribed event types, both required."""
+    """Body of ``PUT``: the URL and the subscribed event types, both required.
+
+    ``headers``, when given, replaces every custom header; left out, they stay.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     url: EndpointUrl
     events: EventList
+    headers: CustomHeaders | None = PydanticField(None, json_schema_extra=_not_nullable)
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _headers_not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("may not be null (send {} to remove every header)")
+        return value
 
 
 class EndpointCreate(EndpointReplace):
-    """Body of ``POST``: as ``PUT``, plus an optional rate limit."""
+    """Body of ``POST``: as ``PUT``, plus an optional rate limit (headers optional too)."""
 
     rate_limit: RateLimit = None
 
@@ -141,8 +194,9 @@ class EndpointPatch(BaseModel):
     events: EventList | None = PydanticField(None, json_schema_extra=_not_nullable)
     enabled: StrictBool | None = PydanticField(None, json_schema_extra=_not_nullable)
     rate_limit: RateLimit = None
+    headers: CustomHeaders | None = PydanticField(None, json_schema_extra=_not_nullable)
 
-    @field_validator("url", "events", "enabled", mode="before")
+    @field_validator("url", "events", "enabled", "headers", mode="before")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         # Left out means unchanged; null would erase a field every endpoint has.
@@ -160,14 +214,68 @@ class EndpointPublic(BaseModel):
     enabled: bool
     disabled_reason: str | None
     rate_limit: float | None
+    headers: dict[str, str] = PydanticField(
+        description="Custom headers sent with every delivery.",
+        examples=[{"Authorization": "Bearer 8c1f0b5e"}],
+    )
+    previous_secret_expires_at: datetime | None = PydanticField(
+        description="Until then, deliveries are signed with the secret before the last"
+        " rotation too (a second `v1,` signature); null when only `secret` signs."
+    )
     created_at: datetime
     updated_at: datetime
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _no_headers(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("previous_secret_expires_at")
+    @classmethod
+    def _still_signing(cls, value: datetime | None) -> datetime | None:
+        # Shown while the previous secret still signs; a time past says nothing more.
+        return value if value is not None and value > utcnow() else None
 
 
 class EndpointWithSecret(EndpointPublic):
     """An endpoint with the secret its deliveries are signed with."""
 
     secret: str = PydanticField(examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
+
+
+class SecretRotation(BaseModel):
+    """Body of ``rotate-secret``: how long the old secret keeps signing, and maybe the new one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: Annotated[int, BeforeValidator(_whole_number), Strict()] = PydanticField(
+        DEFAULT_GRACE_SECONDS,
+        ge=0,
+        le=MAX_GRACE_SECONDS,
+        description="Seconds the current secret keeps signing beside the new one (0: drop it"
+        " now). A previous secret still in its grace period is dropped either way.",
+    )
+    secret: (
+        Annotated[
+            str,
+            PydanticField(pattern=SECRET_PATTERN, max_length=MAX_SECRET_LENGTH),
+            AfterValidator(_check_secret),
+        ]
+        | None
+    ) = PydanticField(
+        None,
+        json_schema_extra=_not_nullable,
+        description="Your own new secret: whsec_ and the base64 of 24 to 64 random bytes."
+        " A fresh one of 32 bytes when left out.",
+        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+    )
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret_not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("may not be null (leave it out for a generated secret)")
+        return value
 
 
 class EndpointPage(BaseModel):
@@ -194,12 +302,19 @@ class Endpoint(SQLModel, table=True):
     events: list[str] = Field(sa_type=JSON)
     # The routing key: endpoints on one origin share one lane, limit and breaker.
     origin: str = Field(max_length=300)
-    secret: str = Field(default_factory=new_secret, max_length=64)
+    secret: str = Field(default_factory=new_secret, max_length=MAX_SECRET_LENGTH)
+    # The secret before the last rotation, signing beside ``secret`` until it expires.
+    previous_secret: str | None = Field(default=None, max_length=MAX_SECRET_LENGTH)
+    previous_secret_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # None when there are none: the claim then has nothing to decode.
+    headers: dict[str, str] | None = Field(default=None, sa_type=JSON(none_as_null=True))
     enabled: bool = True
     disabled_reason: str | None = Field(default=None, max_length=500)
     rate_limit: float | None = None
     # Start of the current run of failures; None while the endpoint succeeds.
     failing_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Whether this run of failures was announced (endpoint.failing): once per run.
+    failing_notified: bool = False
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -230,6 +345,7 @@ def create_endpoint(session: Session, account_id: str, data: EndpointCreate) -> 
         origin=origin_of(data.url),
         events=[e.value for e in data.events],
         rate_limit=data.rate_limit,
+        headers=data.headers or None,
     )
     session.add(endpoint)
     session.commit()
@@ -273,6 +389,8 @@ def update_endpoint(
     for field, value in changes.items():
         if field == "events":
             value = [EventType(e).value for e in value]
+        if field == "headers":
+            value = dict(value) or None
         setattr(endpoint, field, value)
     if "url" in changes:
         endpoint.origin = origin_of(endpoint.url)
@@ -283,6 +401,33 @@ def update_endpoint(
         endpoint.disabled_reason = "disabled through the API"
         cancel_open(session, [endpoint.id], now=utcnow())
     endpoint.updated_at = utcnow()
+    session.add(endpoint)
+    session.commit()
+    session.refresh(endpoint)
+    return endpoint
+
+
+def rotate_secret(
+    session: Session,
+    account_id: str,
+    endpoint_id: str,
+    *,
+    grace: timedelta,
+    secret: str | None,
+    now: datetime,
+) -> Endpoint:
+    """Give the endpoint a new secret; the current one signs beside it for ``grace``, and commit.
+
+    A previous secret still in its grace period is dropped: never more than two.
+    """
+    endpoint = get_endpoint(session, account_id, endpoint_id)
+    if grace > timedelta(0):
+        endpoint.previous_secret = endpoint.secret
+        endpoint.previous_secret_expires_at = now + grace
+    else:
+        endpoint.previous_secret = endpoint.previous_secret_expires_at = None
+    endpoint.secret = secret or new_secret()
+    endpoint.updated_at = now
     session.add(endpoint)
     session.commit()
     session.refresh(endpoint)

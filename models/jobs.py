@@ -43,6 +43,10 @@ class Job:
     priority: int
     attempts: int
     body: bytes
+    previous_secret: str | None = None
+    """The secret before a rotation, while its grace period lasts: it signs too."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """The endpoint's custom headers, sent with every attempt."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,8 @@ class Chunk:
     attempts: int = 0
     last: EventKey | None = None
     """The last event examined: the next chunk of the pass starts after it."""
+    stats: int = 0
+    """Rows of the statistics rollup deleted (``models.endpoint_stats``), apart from ``rows``."""
 
     @property
     def rows(self) -> int:

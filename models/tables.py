@@ -3,6 +3,7 @@
 from models.accounts import Account, ApiKey
 from models.counters import StoredCounter
 from models.deliveries import Attempt, Delivery
+from models.endpoint_stats import EndpointStat
 from models.endpoints import Endpoint
 from models.events import Event
 from models.portal_sessions import PortalSession
@@ -13,6 +14,7 @@ __all__ = [
     "Attempt",
     "Delivery",
     "Endpoint",
+    "EndpointStat",
     "Event",
     "PortalSession",
     "StoredCounter",

@@ -37,8 +37,10 @@ def test_create_returns_the_endpoint_with_its_secret(client: TestClient, api_key
     data = create(client, api_key)
     assert set(data) == {
         "id", "url", "events", "secret", "enabled", "disabled_reason", "rate_limit",
-        "created_at", "updated_at",
+        "headers", "previous_secret_expires_at", "created_at", "updated_at",
     }  # fmt: skip
+    assert data["headers"] == {}
+    assert data["previous_secret_expires_at"] is None
     assert data["url"] == SEED_URL
     assert data["events"] == ALL_EVENTS
     assert data["enabled"] is True

@@ -51,6 +51,9 @@ class FakeDispatcher:
     def vitals(self, timeout: float) -> dict[str, list[Any]]:
         return {}
 
+    def breaker(self, origin: str, timeout: float) -> str | None:
+        return "closed"
+
 
 class Api:
     def __init__(self, client: TestClient, key: str, engine: Engine) -> None:

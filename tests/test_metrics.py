@@ -198,6 +198,9 @@ class SlowDispatcher:
         time.sleep(self.seconds)
         return self.answers
 
+    def breaker(self, origin: str, timeout: float) -> str | None:
+        return None
+
 
 ANSWERS: dict[str, list[Any]] = {
     "scheduler": [{"in_flight": 7}],

@@ -265,7 +265,7 @@ def test_the_claim_searches_the_open_index_by_priority_and_due_time(
             row[3]
             for row in connection.exec_driver_sql(
                 "EXPLAIN QUERY PLAN " + deliveries._claim_sql(db, excluding=True),
-                ("2026-01-01 00:00:00.000000", "[]", 10),
+                ("2026-01-01 00:00:00.000000", "2026-01-01 00:00:00.000000", "[]", 10),
             )
         ]
     # A range of the partial index per priority: neither the whole table nor

@@ -97,9 +97,12 @@ def replace_endpoint(
     settings: SettingsDep,
     dispatcher: DispatcherDep,
 ) -> EndpointWithSecret:
-    """Replace the URL and the subscribed events."""
+    """Replace the URL and the subscribed events, and the custom headers if given."""
     store.require_scheme(body.url, allow_http=settings.dev)
-    endpoint = store.update_endpoint(session, account.id, endpoint_id, dict(body))
+    # Headers left out stay as they are; given, they replace them all.
+    endpoint = store.update_endpoint(
+        session, account.id, endpoint_id, body.model_dump(exclude_none=True)
+    )
     _forget(dispatcher, endpoint_id)
     return EndpointWithSecret.model_validate(endpoint, from_attributes=True)
 
@@ -113,7 +116,7 @@ def patch_endpoint(
     settings: SettingsDep,
     dispatcher: DispatcherDep,
 ) -> EndpointWithSecret:
-    """Change any of ``url``, ``events``, ``enabled`` and ``rate_limit``.
+    """Change any of ``url``, ``events``, ``enabled``, ``rate_limit`` and ``headers``.
 
     ``rate_limit: null`` removes the limit; ``enabled: true`` re-enables an
     endpoint that was disabled and clears the reason.

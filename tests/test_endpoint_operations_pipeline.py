@@ -1,0 +1,119 @@
+"""Endpoint operations end to end: a real Ray, real HTTPS receivers on loopback.
+
+Rotation verified with ``standardwebhooks`` at the receiver during and after a
+(shortened) grace period; custom headers as received; statistics equal to the
+attempt rows after a mixed run, with the dispatcher's breaker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+from sqlmodel import Session, col
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from models.deliveries import Attempt, Delivery
+from tests.receivers import Receivers, fail_first, wait_until
+from tests.test_pipeline import Api, event, receivers, start
+
+pytestmark = pytest.mark.ray
+
+__all__ = ["receivers", "start"]  # the fixtures, used by name
+
+ENDPOINTS = "/api/emails/webhook-endpoints/"
+
+
+def test_rotation_signs_with_both_secrets_during_the_grace_then_with_the_new_one(
+    start: Callable[..., Api], receivers: Receivers
+) -> None:
+    api = start()
+    receiver = receivers.start()
+    endpoint = api.register(receiver, ["opened"])
+    old = endpoint["secret"]
+    response = api.client.post(
+        f"{ENDPOINTS}{endpoint['id']}/rotate-secret/", json={"grace_seconds": 3},
+        headers=api.headers,
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    new = response.json()["secret"]
+    expires = datetime.fromisoformat(response.json()["previous_secret_expires_at"])
+
+    api.post(event("opened"))
+    wait_until(lambda: receiver.count() == 1)
+    during = receiver.received[0]
+    assert len(during.headers["webhook-signature"].split(" ")) == 2
+    assert Webhook(new).verify(during.body, during.headers)["id"]
+    assert Webhook(old).verify(during.body, during.headers)["id"]
+
+    wait_until(lambda: datetime.now(UTC) > expires, timeout=10)
+    api.post(event("opened"))
+    wait_until(lambda: receiver.count() == 2)
+    after = receiver.received[1]
+    assert len(after.headers["webhook-signature"].split(" ")) == 1
+    assert Webhook(new).verify(after.body, after.headers)["id"]
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(after.body, after.headers)
+
+
+def test_custom_headers_arrive_as_set(start: Callable[..., Api], receivers: Receivers) -> None:
+    api = start()
+    receiver = receivers.start()
+    custom = {"Authorization": "Bearer 8c1f0b5e", "X-Tenant": "acme", "X-Empty": ""}
+    endpoint = api.register(receiver, ["opened", "bounced"], headers=custom)
+    api.post(event("opened"))
+    wait_until(lambda: receiver.count() == 1)
+    changed = {"X-Tenant": "globex"}
+    api.client.patch(
+        f"{ENDPOINTS}{endpoint['id']}/", json={"headers": changed}, headers=api.headers
+    )
+    api.post(event("bounced"))
+    wait_until(lambda: receiver.count() == 2)
+    first, second = receiver.received
+    for name, value in custom.items():
+        assert first.headers[name] == value
+    assert second.headers["X-Tenant"] == "globex"
+    assert "Authorization" not in second.headers
+    assert Webhook(endpoint["secret"]).verify(second.body, second.headers)
+
+
+def test_stats_equal_the_attempt_rows_after_a_mixed_run(
+    start: Callable[..., Api], receivers: Receivers
+) -> None:
+    api = start()
+    flaky = receivers.start(fail_first(5, 503))
+    endpoint = api.register(flaky, ["opened"])
+    api.post(*[event("opened") for _ in range(8)])
+    wait_until(lambda: api.statuses().get("succeeded") == 8, timeout=60)
+    response = api.client.get(f"{ENDPOINTS}{endpoint['id']}/stats/", headers=api.headers)
+    assert response.status_code == 200, response.text
+    stats = response.json()
+    with Session(api.engine) as session:
+        rows = list(
+            session.execute(
+                select(Attempt)
+                .join(Delivery, col(Delivery.id) == col(Attempt.delivery_id))
+                .where(col(Delivery.endpoint_id) == endpoint["id"])
+            ).scalars()
+        )
+    ok = [a for a in rows if a.status_code == 200]
+    failed = [a for a in rows if a.status_code != 200]
+    assert (stats["attempts"], stats["succeeded"], stats["failed"]) == (
+        len(rows), len(ok), len(failed),
+    )  # fmt: skip
+    assert (len(ok), len(failed)) == (8, 5)
+    assert datetime.fromisoformat(stats["last_success_at"]) == max(a.at for a in ok)
+    last = max(failed, key=lambda a: a.at)
+    assert stats["last_failure"]["status_code"] == 503
+    assert datetime.fromisoformat(stats["last_failure"]["at"]) == last.at
+    assert stats["pending"] == 0
+    assert stats["p50_ms"] is not None
+    assert stats["p95_ms"] >= stats["p50_ms"]
+    # The dispatcher answers for the host's breaker (five failures in a row may have opened
+    # it; the successes after closed it).
+    assert stats["breaker"] == "closed"
+    assert json.loads(flaky.bodies()[-1])["type"] == "opened"
