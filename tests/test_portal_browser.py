@@ -13,22 +13,27 @@ installs it): never ``playwright install``, which downloads a browser.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import ray
+from aiohttp import web
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from standardwebhooks import Webhook
 
-from tests.receivers import Receivers
+from tests.receivers import Receiver, Receivers, ok, wait_until
 from tests.test_serve_e2e import SENTINMAIL, serving
 
 SCREENSHOTS = os.environ.get("SENTINMAIL_PORTAL_SCREENSHOTS")
@@ -64,6 +69,38 @@ class Portal:
                 return exc.code
         return 200
 
+    def endpoint(self, receiver: Receiver, key: str | None = None) -> dict[str, Any]:
+        """A new endpoint of the account, for ``opened`` events, delivering to ``receiver``."""
+        body = {"url": receiver.url, "events": ["opened"]}
+        endpoint: dict[str, Any] = self.api("POST", "/api/emails/webhook-endpoints/", body, key)
+        return endpoint
+
+    def event(self, key: str | None = None) -> str:
+        """Post one ``opened`` event, as SentinMail's tracking pixel does; its id."""
+        event_id = f"evt-{uuid.uuid4()}"
+        body = {"id": event_id, "type": "opened", "recipient": "user@example.com"}
+        self.api("POST", "/api/emails/events/", body, key)
+        return event_id
+
+    def deliveries(self, key: str | None = None, **filters: str) -> list[dict[str, Any]]:
+        """The delivery log, as the API answers it."""
+        query = urlencode({**filters, "limit": 250})
+        found: list[dict[str, Any]] = self.api("GET", f"/api/emails/deliveries/?{query}", key=key)[
+            "results"
+        ]
+        return found
+
+    def settled(self, event_id: str, key: str | None = None) -> list[dict[str, Any]]:
+        """The event's deliveries, once every one has succeeded or failed."""
+        done = {"succeeded", "failed"}
+        wait_until(
+            lambda: all(
+                d["status"] in done for d in self.deliveries(key, event_id=event_id) or [{}]
+            ),
+            timeout=60,
+        )
+        return self.deliveries(key, event_id=event_id)
+
     def link(self, key: str | None = None) -> str:
         """A fresh single-use portal link, minted as SentinMail's dashboard does."""
         url: str = self.api("POST", "/api/emails/portal-sessions/", key=key)["url"]
@@ -83,7 +120,8 @@ class Portal:
 
 
 @pytest.fixture(scope="module")
-def portal(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
+def service(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
+    """``serve --dev`` for the module, as the account ``default`` whose key it printed."""
     tmp = tmp_path_factory.mktemp("portal")
     database_url = f"sqlite:///{tmp}/sentinmail.db"
     farm = Receivers(tmp)
@@ -102,6 +140,18 @@ def portal(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
             yield Portal(base, key, farm, database_url)
     finally:
         farm.close()
+
+
+NAMES = ["acme", "hooli", "wonka", "tyrell", "soylent", "cyberdyne", "wayne", "stark", "pied-piper"]
+CUSTOMERS = (f"{NAMES[n % len(NAMES)]}{'' if n < len(NAMES) else n}" for n in itertools.count())
+
+
+@pytest.fixture
+def portal(service: Portal) -> Portal:
+    """The service, as a customer of this test's own: tests do not see each other's deliveries."""
+    return Portal(
+        service.base, service.new_key(next(CUSTOMERS)), service.farm, service.database_url
+    )
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +329,163 @@ def test_another_accounts_endpoint_answers_404(page: Page, portal: Portal, tmp_p
     assert answer.status == 404
     expect(page.get_by_role("heading", name="No such endpoint")).to_be_visible()
     check(page, "not-found", tmp_path)
+
+
+async def down(_n: int, _request: web.Request) -> web.StreamResponse:
+    """A receiver whose database is down, and says so."""
+    return web.json_response({"error": "database unavailable"}, status=500)
+
+
+def verifies(receiver: Receiver, index: int, secret: str) -> bool:
+    """Whether the ``index``-th request ``receiver`` got verifies with ``secret``."""
+    got = receiver.received[index]
+    try:
+        Webhook(secret).verify(got.body, got.headers)
+    except Exception:
+        return False
+    return True
+
+
+# --- endpoint operations ----------------------------------------------------------------
+
+
+def test_create_an_endpoint_and_see_its_test_event_arrive(
+    page: Page, portal: Portal, tmp_path: Path
+) -> None:
+    receiver = portal.farm.start()
+    enter(page, portal)
+    page.click("text=New endpoint")
+    page.fill("#url", receiver.url)
+    page.fill("#headers", "Authorization: Bearer s3cr3t")
+    page.click("text=Create endpoint")
+    expect(page.get_by_role("status")).to_have_text("Endpoint created.")
+    page.select_option("#test-type", "bounced")
+    page.click("text=Send test event")
+    result = page.locator("#test-result")
+    expect(result).to_contain_text("delivered")
+    expect(result).to_contain_text("HTTP 200")
+    check(page, "endpoint-test-event", tmp_path)
+
+    assert receiver.count() == 1
+    got = receiver.received[0]
+    payload = json.loads(got.body)
+    assert (payload["type"], payload["recipient"]) == ("bounced", "test@example.com")
+    assert got.headers["webhook-id"] == payload["id"]
+    assert payload["id"].startswith("test_")
+    endpoint_id = page.url.split("/")[-3]
+    secret = portal.api("GET", f"/api/emails/webhook-endpoints/{endpoint_id}/")["secret"]
+    assert verifies(receiver, 0, secret)
+
+
+def test_events_posted_appear_in_the_log_and_filter_by_status(
+    page: Page, portal: Portal, tmp_path: Path
+) -> None:
+    good, bad = portal.farm.start(), portal.farm.start(down)
+    portal.endpoint(good)
+    portal.endpoint(bad)
+    events = [portal.event() for _ in range(3)]
+    for event_id in events:
+        assert sorted(d["status"] for d in portal.settled(event_id)) == ["failed", "succeeded"]
+
+    enter(page, portal)
+    page.click("nav >> text=Deliveries")
+    expect(page.get_by_role("heading", name="Deliveries")).to_be_visible()
+    for event_id in events:
+        expect(page.get_by_role("row").filter(has_text=event_id)).to_have_count(2)
+    check(page, "deliveries", tmp_path)
+
+    page.select_option("#f-status", "failed")
+    page.click("button:text('Filter')")
+    rows = page.locator("tbody tr")
+    failed = [d for d in portal.deliveries(status="failed")]
+    expect(rows).to_have_count(len(failed))
+    for event_id in events:
+        row = page.get_by_role("row").filter(has_text=event_id)
+        expect(row).to_have_count(1)
+        expect(row).to_contain_text(bad.url)
+        expect(row).to_contain_text("failed")
+        expect(row).to_contain_text("HTTP 500")
+    check(page, "deliveries-failed", tmp_path)
+
+    page.get_by_role("row").filter(has_text=events[0]).get_by_role("link").click()
+    expect(page.get_by_role("heading", name=f"Delivery of opened {events[0]}")).to_be_visible()
+    expect(page.locator("pre").first).to_contain_text("database unavailable")
+    check(page, "delivery-failed", tmp_path)
+
+
+def test_a_failed_delivery_retried_from_its_page_gets_a_new_attempt(
+    page: Page, portal: Portal, tmp_path: Path
+) -> None:
+    flaky = portal.farm.start(down)
+    endpoint = portal.endpoint(flaky)
+    event_id = portal.event()
+    (delivery,) = portal.settled(event_id)
+    assert delivery["status"] == "failed"
+
+    flaky.behaviour = ok  # the customer fixed their receiver
+    enter(page, portal)
+    page.goto(f"{portal.base}/portal/deliveries/{delivery['id']}/")
+    page.click("button:text('Retry')")
+    expect(page.get_by_role("status")).to_contain_text("Retry scheduled")
+    wait_until(lambda: flaky.count() == 2, timeout=60)
+    assert portal.settled(event_id)[0]["status"] == "succeeded"
+    page.reload()
+    attempts = page.locator("tbody tr")
+    expect(attempts).to_have_count(2)
+    expect(attempts.nth(0)).to_contain_text("HTTP 500")
+    expect(attempts.nth(1)).to_contain_text("HTTP 200")
+    expect(page.locator("dl.facts")).to_contain_text("succeeded")
+    check(page, "delivery", tmp_path)
+    # Signed afresh, with the same webhook-id.
+    first, second = flaky.received
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == event_id
+    assert verifies(flaky, 1, endpoint["secret"])
+
+    # The endpoint's health shows the failure and the success.
+    page.goto(f"{portal.base}/portal/endpoints/{endpoint['id']}/")
+    expect(page.get_by_role("heading", name="Last 24 h")).to_be_visible()
+    health = page.locator(".card").filter(has_text="Last 24 h")
+    expect(health).to_contain_text("2 (1 failed)")
+    expect(health).to_contain_text("50.0 %")
+    expect(page.locator("#breaker")).to_have_text("closed")
+    check(page, "endpoint-health", tmp_path)
+
+
+def test_a_rotated_secret_and_the_old_one_both_verify_at_the_receiver(
+    page: Page, portal: Portal, tmp_path: Path
+) -> None:
+    receiver = portal.farm.start()
+    endpoint = portal.endpoint(receiver)
+    old = endpoint["secret"]
+    enter(page, portal)
+    page.goto(f"{portal.base}/portal/endpoints/{endpoint['id']}/")
+    page.select_option("#grace", "3600")
+    page.click("button:text('Rotate')")
+    expect(page.locator("p.notice")).to_contain_text("Secret rotated.")
+    new = portal.api("GET", f"/api/emails/webhook-endpoints/{endpoint['id']}/")["secret"]
+    assert new != old
+    expect(page.locator("#secret")).to_have_text(new)
+    check(page, "endpoint-rotated", tmp_path)
+
+    portal.settled(portal.event())
+    assert receiver.count() == 1
+    assert len(receiver.received[0].headers["webhook-signature"].split()) == 2
+    assert verifies(receiver, 0, new)
+    assert verifies(receiver, 0, old)
+
+
+def test_another_accounts_delivery_answers_404(page: Page, portal: Portal, tmp_path: Path) -> None:
+    other = portal.new_key("initech")
+    portal.endpoint(portal.farm.start(), key=other)
+    (theirs,) = portal.settled(portal.event(key=other), key=other)
+    enter(page, portal)
+    answer = page.goto(f"{portal.base}/portal/deliveries/{theirs['id']}/")
+    assert answer is not None
+    assert answer.status == 404
+    expect(page.get_by_role("heading", name="No such delivery")).to_be_visible()
+    csrf = page.locator("header input[name=csrf_token]").get_attribute("value")
+    retried = page.request.post(
+        f"{portal.base}/portal/deliveries/{theirs['id']}/retry/", form={"csrf_token": csrf or ""}
+    )
+    assert retried.status == 404
+    assert portal.deliveries(key=other)[0]["attempt_count"] == 1

@@ -46,6 +46,8 @@ def errors_of(exc: ValidationError | InvalidInput) -> dict[str, str]:
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else "form"
         words = PLAIN_WORDS.get((field, error["type"])) or _sentence(error["msg"])
+        if field == "headers" and len(error["loc"]) > 1:  # which header, then why
+            words = f"{error['loc'][1]}: {words[:1].lower()}{words[1:]}"
         errors.setdefault(field, words)
     return errors
 
@@ -81,6 +83,29 @@ def choices(form: FormData, name: str) -> list[str]:
     return [v for v in form.getlist(name) if isinstance(v, str)]
 
 
+def header_lines(form: FormData, name: str, *, errors: dict[str, str]) -> dict[str, str]:
+    """A text area of ``Name: value`` lines as headers; a refusal in ``errors`` naming the line."""
+    raw = form.get(name)
+    headers: dict[str, str] = {}
+    for number, line in enumerate((raw if isinstance(raw, str) else "").splitlines(), 1):
+        if not line.strip():
+            continue
+        key, colon, value = line.partition(":")
+        if not colon or not key.strip():
+            errors[name] = f"Line {number}: write each header as Name: value."
+            return headers
+        if key.strip() in headers:
+            errors[name] = f"Line {number}: {key.strip()} is given twice."
+            return headers
+        headers[key.strip()] = value.strip()
+    return headers
+
+
+def headers_text(headers: dict[str, str] | None) -> str:
+    """Headers as the text area shows them, one ``Name: value`` a line."""
+    return "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
+
+
 def endpoint_fields(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     """The endpoint form as the API's body, and the fields refused before any model sees them."""
     errors: dict[str, str] = {}
@@ -88,5 +113,6 @@ def endpoint_fields(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
         "url": text(form, "url"),
         "events": choices(form, "events"),
         "rate_limit": number(form, "rate_limit", errors=errors),
+        "headers": header_lines(form, "headers", errors=errors),
     }
     return data, errors

@@ -1,14 +1,15 @@
-"""The endpoint page's operations: Send test event, Recover since….
+"""The endpoint page's operations: Send test event, Recover since…, Rotate.
 
 Each goes through the JSON API's own operation (``api.routes.endpoint_recovery``)
 for the signed-in account, so the portal's test event is the API's: same
 signing, transport, SSRF guard, timeout and limit of 10 a minute. The answer
 is the endpoint's page with the result, or the refusal, beside the form.
+Rotate calls ``models.endpoints.rotate_secret`` as ``rotate-secret/`` does.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -25,6 +26,8 @@ from api.routes.endpoint_recovery import RecoverIn, recover_endpoint, send_test_
 from dispatcher.probe import ProbeIn
 from models import endpoints as store
 from models.accounts import Account
+from models.base import utcnow
+from models.endpoints import SecretRotation
 from models.errors import Conflict, InvalidInput, TooMany
 
 router = APIRouter(prefix=PREFIX, route_class=PortalRoute, include_in_schema=False)
@@ -121,3 +124,34 @@ def recover(endpoint_id: str, request: Request, viewer: ViewerDep, session: Sess
         recover_errors=errors,
         recover_values=values,
     )
+
+
+@router.post("/endpoints/{endpoint_id}/rotate/")
+def rotate(endpoint_id: str, request: Request, viewer: ViewerDep, session: SessionDep) -> Response:
+    """A new secret, the old one signing beside it for the grace chosen; the new one shown."""
+    raw = forms.text(form_of(request), "grace_seconds")
+    try:
+        rotation = forms.validated(
+            SecretRotation, {"grace_seconds": int(raw) if raw.isdigit() else raw}
+        )
+    except forms.FormErrors:
+        return _rendered(
+            request,
+            session,
+            viewer,
+            endpoint_id,
+            status_code=422,
+            rotate_error="Choose how long the old secret keeps signing: 0 to 7 days.",
+        )
+    store.rotate_secret(
+        session,
+        viewer.account_id,
+        endpoint_id,
+        grace=timedelta(seconds=rotation.grace_seconds),
+        secret=None,
+        now=utcnow(),
+    )
+    dispatcher = request.app.state.dispatcher
+    if dispatcher is not None:  # queued jobs carry the old secrets: they come back signed anew
+        dispatcher.forget([endpoint_id])
+    return _rendered(request, session, viewer, endpoint_id, rotated=True)

@@ -9,6 +9,7 @@ refusals beside their fields (422).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -16,18 +17,28 @@ from sqlmodel import Session
 
 from api.deps import SessionDep, SettingsDep
 from api.portal import forms
+from api.portal.chart import Bucket, bars_svg
 from api.portal.links import COOKIE, PREFIX
 from api.portal.security import PortalRoute, ViewerDep, form_of, notice, page, see
+from models import endpoint_series, endpoint_stats, portal_sessions
 from models import endpoints as store
-from models import portal_sessions
 from models.base import utcnow
-from models.endpoints import Endpoint, EndpointCreate, EndpointPatch
+from models.endpoint_stats import BreakerView
+from models.endpoints import Endpoint, EndpointCreate, EndpointPatch, EndpointPublic
 from models.errors import InvalidInput
 from models.event_types import EventType
 
 router = APIRouter(prefix=PREFIX, route_class=PortalRoute, include_in_schema=False)
 
 PAGE_SIZE = 50
+BREAKER_TIMEOUT = 1.0
+# The endpoint page's statistics: (id, label, window, bars of its chart).
+CHARTS = [
+    ("24h", "24 h", timedelta(hours=24), 24),
+    ("7d", "7 d", timedelta(days=7), 28),
+]
+# Rotate's choices of how long the old secret keeps signing (the API takes 0 to 7 days).
+GRACES = [(0, "no time: drop it now"), (3600, "1 hour"), (86400, "24 hours"), (604800, "7 days")]
 EVENT_TYPES = [t.value for t in EventType]
 
 
@@ -96,11 +107,15 @@ def endpoints_page(request: Request, viewer: ViewerDep, session: SessionDep) -> 
     """The account's endpoints, newest first, 50 a page."""
     offset = _offset(request)
     count, rows = store.list_endpoints(session, viewer.account_id, limit=PAGE_SIZE, offset=offset)
+    rates = endpoint_series.success_rates(
+        session, [e.id for e in rows], since=utcnow() - timedelta(hours=24)
+    )
     return page(
         request,
         "endpoints.html",
         {
             "endpoints": rows,
+            "rates": rates,
             "count": count,
             "offset": offset,
             "page_size": PAGE_SIZE,
@@ -115,9 +130,14 @@ def _form_context(
     """What the endpoint form shows: the submitted values if any, else the endpoint's."""
     if values is None:
         values = (
-            {"url": "", "events": EVENT_TYPES, "rate_limit": None}
+            {"url": "", "events": EVENT_TYPES, "rate_limit": None, "headers": ""}
             if endpoint is None
-            else {"url": endpoint.url, "events": endpoint.events, "rate_limit": endpoint.rate_limit}
+            else {
+                "url": endpoint.url,
+                "events": endpoint.events,
+                "rate_limit": endpoint.rate_limit,
+                "headers": forms.headers_text(endpoint.headers),
+            }
         )
     return {"values": values, "errors": errors or {}, "event_types": EVENT_TYPES}
 
@@ -158,6 +178,7 @@ def create_endpoint(
             "url": forms.text(form, "url"),
             "events": forms.choices(form, "events"),
             "rate_limit": forms.text(form, "rate_limit"),
+            "headers": form.get("headers") or "",
         }
         return page(request, "endpoint_new.html", _form_context(None, values, exc.errors), 422)
     endpoint = store.create_endpoint(session, viewer.account_id, EndpointCreate(**data))
@@ -179,12 +200,40 @@ def endpoint_page_response(
     ``results``: ``test_result`` or ``test_error`` (Send test event),
     ``recovered`` or ``recover_errors`` (Recover since…), with the values sent.
     """
+    now = utcnow()
+    breaker = breaker_of(request, endpoint.origin)
     context = {
         "endpoint": endpoint,
         "reveal": request.query_params.get("reveal") == "secret",
         "notice": notice(request),
+        "breaker": breaker,
+        "stats": [
+            {
+                "label": label,
+                "stats": endpoint_stats.window_stats(
+                    session, endpoint.id, window=int(span.total_seconds()), now=now, breaker=breaker
+                ),
+                "chart": bars_svg(
+                    [
+                        Bucket(*bucket)
+                        for bucket in endpoint_series.series(
+                            session, endpoint.id, until=now, span=span, buckets=buckets
+                        )
+                    ],
+                    title=f"Attempts and failures, last {label}",
+                    chart_id=f"chart-{key}",
+                ),
+            }
+            for key, label, span, buckets in CHARTS
+        ],
+        "previous_until": EndpointPublic.model_validate(
+            endpoint, from_attributes=True
+        ).previous_secret_expires_at,
+        "graces": GRACES,
+        "event_types": EVENT_TYPES,
         "can_test": True,
         "can_recover": True,
+        "can_rotate": True,
         "recovered": None,
         "recover_errors": {},
         "recover_values": {},
@@ -192,6 +241,13 @@ def endpoint_page_response(
         **results,
     }
     return page(request, "endpoint.html", context, status_code)
+
+
+def breaker_of(request: Request, origin: str) -> BreakerView:
+    """The breaker of ``origin`` as ``stats/`` reports it (``unknown``: no answer in time)."""
+    dispatcher = request.app.state.dispatcher
+    state = None if dispatcher is None else dispatcher.breaker(origin, BREAKER_TIMEOUT)
+    return state if state in ("closed", "open", "half_open") else "unknown"
 
 
 @router.get("/endpoints/{endpoint_id}/")
@@ -221,6 +277,7 @@ def save_endpoint(
             "url": forms.text(form, "url"),
             "events": forms.choices(form, "events"),
             "rate_limit": forms.text(form, "rate_limit"),
+            "headers": form.get("headers") or "",
         }
         return endpoint_page_response(
             request, session, endpoint, values=values, errors=exc.errors, status_code=422
