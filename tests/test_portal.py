@@ -366,3 +366,196 @@ def test_the_cli_prints_a_link_that_opens_the_portal(
         cli, ["--database-url", database_url, "portal-link", "--account", "nobody"]
     )
     assert missing.exit_code == 1
+
+
+# --- deliveries and the endpoint's operations (issues 12 and 13) ------------------------
+
+
+def with_delivery(client: TestClient, key: str) -> tuple[str, str]:
+    """An endpoint of the key's account and one delivery to it (no dispatcher: it waits)."""
+    headers = {"X-API-Key": key}
+    endpoint = client.post(
+        ENDPOINTS, headers=headers, json={"url": "http://127.0.0.1:9/a", "events": ["opened"]}
+    ).json()
+    client.post(
+        "/api/emails/events/",
+        headers=headers,
+        json={"type": "opened", "recipient": "a@example.com"},
+    )
+    (delivery,) = client.get("/api/emails/deliveries/", headers=headers).json()["results"]
+    return endpoint["id"], delivery["id"]
+
+
+def test_another_accounts_delivery_is_a_404_and_is_not_retried(
+    dev_client: TestClient, api_key: str, other_key: str
+) -> None:
+    _, theirs = with_delivery(dev_client, other_key)
+    csrf = signed_in(dev_client, api_key)
+    assert dev_client.get(f"/portal/deliveries/{theirs}/").status_code == 404
+    retried = dev_client.post(f"/portal/deliveries/{theirs}/retry/", data={"csrf_token": csrf})
+    assert retried.status_code == 404
+    assert "No such delivery" in retried.text
+    assert dev_client.get("/portal/deliveries/").text.count("/portal/deliveries/" + theirs) == 0
+
+
+def test_retrying_for_a_disabled_endpoint_says_why_beside_the_button(
+    dev_client: TestClient, api_key: str
+) -> None:
+    endpoint_id, delivery_id = with_delivery(dev_client, api_key)
+    csrf = signed_in(dev_client, api_key)
+    dev_client.post(
+        f"/portal/endpoints/{endpoint_id}/enabled/", data={"enabled": "false", "csrf_token": csrf}
+    )
+    answer = dev_client.post(f"/portal/deliveries/{delivery_id}/retry/", data={"csrf_token": csrf})
+    assert answer.status_code == 409
+    error = re.search(r'<p class="error" id="retry-error" role="alert">([^<]*)</p>', answer.text)
+    assert error
+    assert error.group(1) == "The endpoint is disabled: enable it first, then retry."
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("status=lost", "status"), ("event_type=sent", "event_type"), ("since=yesterday", "since"),
+     ("cursor=xyz", "cursor")],
+)  # fmt: skip
+def test_a_refused_filter_of_the_log_is_named(
+    dev_client: TestClient, api_key: str, query: str, field: str
+) -> None:
+    signed_in(dev_client, api_key)
+    answer = dev_client.get(f"/portal/deliveries/?{query}")
+    assert answer.status_code == 422
+    assert f'id="{field}-error"' in answer.text
+
+
+def test_the_log_filters_by_status(dev_client: TestClient, api_key: str) -> None:
+    _, delivery_id = with_delivery(dev_client, api_key)
+    signed_in(dev_client, api_key)
+    link = f'href="/portal/deliveries/{delivery_id}/"'
+    assert link in dev_client.get("/portal/deliveries/?status=pending").text
+    assert link not in dev_client.get("/portal/deliveries/?status=failed").text
+
+
+@pytest.mark.parametrize(
+    ("form", "field", "status", "words"),
+    [
+        ({}, "since", 422, "Give the time from which to recover."),
+        ({"since": "soon"}, "since", 422, "Must be a date and time"),
+        ({"since": "2026-11-01T00:00", "until": "2026-11-20T00:00"}, "until", 422, "at most 14 days"),
+        ({"since": "2026-11-02T00:00", "until": "2026-11-01T00:00"}, "since", 422, "Must be before until"),
+    ],
+)  # fmt: skip
+def test_recover_explains_a_refused_window_beside_its_field(
+    dev_client: TestClient,
+    api_key: str,
+    form: dict[str, str],
+    field: str,
+    status: int,
+    words: str,
+) -> None:
+    endpoint_id, _ = with_delivery(dev_client, api_key)
+    csrf = signed_in(dev_client, api_key)
+    answer = dev_client.post(
+        f"/portal/endpoints/{endpoint_id}/recover/", data={**form, "csrf_token": csrf}
+    )
+    assert answer.status_code == status
+    error = re.search(rf'<p class="error" id="{field}-error">([^<]*)</p>', answer.text)
+    assert error, answer.text
+    assert words in error.group(1)
+
+
+def test_recover_on_a_disabled_endpoint_is_a_409_in_words(
+    dev_client: TestClient, api_key: str
+) -> None:
+    endpoint_id, _ = with_delivery(dev_client, api_key)
+    csrf = signed_in(dev_client, api_key)
+    dev_client.post(
+        f"/portal/endpoints/{endpoint_id}/enabled/", data={"enabled": "false", "csrf_token": csrf}
+    )
+    answer = dev_client.post(
+        f"/portal/endpoints/{endpoint_id}/recover/",
+        data={
+            "since": f"{datetime.now(UTC) - timedelta(hours=1):%Y-%m-%dT%H:%M}",
+            "csrf_token": csrf,
+        },
+    )
+    assert answer.status_code == 409
+    assert "The endpoint is disabled: enable it first, then recover." in answer.text
+
+
+def test_the_eleventh_test_event_in_a_minute_is_refused_in_words(
+    dev_client: TestClient, api_key: str
+) -> None:
+    endpoint_id, _ = with_delivery(dev_client, api_key)  # its URL answers nothing: port 9
+    csrf = signed_in(dev_client, api_key)
+    answers = [
+        dev_client.post(f"/portal/endpoints/{endpoint_id}/test/", data={"csrf_token": csrf})
+        for _ in range(11)
+    ]
+    assert [a.status_code for a in answers] == [200] * 10 + [429]
+    assert "not delivered" in answers[0].text
+    assert "At most 10 test events a minute per endpoint: try again in" in answers[10].text
+
+
+def test_custom_headers_are_set_from_the_form_and_refused_beside_it(
+    dev_client: TestClient, api_key: str
+) -> None:
+    endpoint_id, _ = with_delivery(dev_client, api_key)
+    csrf = signed_in(dev_client, api_key)
+    form = {"url": "http://127.0.0.1:9/a", "events": ["opened"], "csrf_token": csrf}
+    page = f"/portal/endpoints/{endpoint_id}/"
+    refused = dev_client.post(page, data={**form, "headers": "Host: evil.example"})
+    assert refused.status_code == 422
+    error = re.search(r'<p class="error" id="headers-error">([^<]*)</p>', refused.text)
+    assert error
+    assert error.group(1).startswith("Host: ")
+    assert "set by the service" in error.group(1)
+    malformed = dev_client.post(page, data={**form, "headers": "X-Ok: 1\nno colon here"})
+    assert "Line 2: write each header as Name: value." in malformed.text
+    saved = dev_client.post(
+        page, data={**form, "headers": "Authorization: Bearer t0k\nX-Env: prod"}
+    )
+    assert saved.status_code == 303
+    shown = dev_client.get(f"{ENDPOINTS}{endpoint_id}/", headers={"X-API-Key": api_key}).json()
+    assert shown["headers"] == {"Authorization": "Bearer t0k", "X-Env": "prod"}
+
+
+def test_rotating_keeps_the_old_secret_for_the_grace_chosen(
+    dev_client: TestClient, api_key: str
+) -> None:
+    endpoint_id, _ = with_delivery(dev_client, api_key)
+    key = {"X-API-Key": api_key}
+    old = dev_client.get(f"{ENDPOINTS}{endpoint_id}/", headers=key).json()["secret"]
+    csrf = signed_in(dev_client, api_key)
+    rotate = f"/portal/endpoints/{endpoint_id}/rotate/"
+    refused = dev_client.post(rotate, data={"grace_seconds": "604801", "csrf_token": csrf})
+    assert refused.status_code == 422
+    assert "0 to 7 days" in refused.text
+    answer = dev_client.post(rotate, data={"grace_seconds": "3600", "csrf_token": csrf})
+    shown = dev_client.get(f"{ENDPOINTS}{endpoint_id}/", headers=key).json()
+    assert shown["secret"] != old
+    assert shown["secret"] in answer.text
+    until = datetime.fromisoformat(shown["previous_secret_expires_at"])
+    assert timedelta(minutes=59) < until - datetime.now(UTC) <= timedelta(hours=1)
+
+
+def test_recover_brings_back_what_a_disabled_endpoint_missed(
+    dev_client: TestClient, api_key: str
+) -> None:
+    endpoint_id, _ = with_delivery(dev_client, api_key)
+    csrf = signed_in(dev_client, api_key)
+    enabled = f"/portal/endpoints/{endpoint_id}/enabled/"
+    dev_client.post(enabled, data={"enabled": "false", "csrf_token": csrf})
+    dev_client.post(
+        "/api/emails/events/",
+        headers={"X-API-Key": api_key},
+        json={"type": "opened", "recipient": "b@example.com"},
+    )
+    dev_client.post(enabled, data={"enabled": "true", "csrf_token": csrf})
+    since = f"{datetime.now(UTC) - timedelta(hours=1):%Y-%m-%dT%H:%M}"
+    recover = f"/portal/endpoints/{endpoint_id}/recover/"
+    answer = dev_client.post(recover, data={"since": since, "csrf_token": csrf})
+    assert answer.status_code == 200
+    # The first event's delivery was cancelled by the disabling, the second never made.
+    assert "2 deliveries reopened or created." in answer.text
+    again = dev_client.post(recover, data={"since": since, "csrf_token": csrf})
+    assert "0 deliveries reopened or created." in again.text

@@ -30,10 +30,6 @@ class Bucket:
     failures: int
 
 
-def _label(at: datetime, span_days: bool) -> str:
-    return at.strftime("%d %b %H:%M" if span_days else "%H:%M")
-
-
 def _fmt(value: float) -> str:
     return f"{value:.1f}".rstrip("0").rstrip(".")
 
@@ -74,13 +70,9 @@ def bars_svg(buckets: Sequence[Bucket], *, title: str, chart_id: str) -> str:
                 f'<rect class="{kind}" x="{_fmt(x)}" y="{_fmt(TOP + plot_h - h)}"'
                 f' width="{_fmt(bar)}" height="{_fmt(h)}"/>'
             )
-    if buckets:
-        span_days = (buckets[-1].start - buckets[0].start).days >= 1
-        for index, anchor in ((0, "start"), (len(buckets) - 1, "end")):
-            x = LEFT + (index + (0 if anchor == "start" else 1)) * slot
-            label = escape(_label(buckets[index].start, span_days))
-            parts.append(
-                f'<text x="{_fmt(x)}" y="{HEIGHT - 6}" text-anchor="{anchor}">{label}</text>'
-            )
+    if buckets:  # the time the chart starts, and its end: now
+        start = buckets[0].start.strftime("%d %b %H:%M UTC")
+        parts.append(f'<text x="{LEFT}" y="{HEIGHT - 6}" text-anchor="start">{start}</text>')
+        parts.append(f'<text x="{WIDTH - 4}" y="{HEIGHT - 6}" text-anchor="end">now</text>')
     parts.append("</svg>")
     return "".join(parts)
