@@ -19,6 +19,7 @@ import math
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -85,8 +86,14 @@ def probe_job(
     rate_limit: float | None,
     event_id: str,
     body: str,
+    previous_secret: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Job:
-    """The job of a test event: what a claimed delivery to this endpoint would carry."""
+    """The job of a test event: what a claimed delivery to this endpoint would carry.
+
+    Custom headers and a rotation's previous secret included, so the test checks
+    what a receiver will really get.
+    """
     return Job(
         delivery_id=0,
         event_id=event_id,
@@ -98,6 +105,8 @@ def probe_job(
         priority=0,
         attempts=0,
         body=body.encode(),
+        previous_secret=previous_secret,
+        headers=tuple((headers or {}).items()),
     )
 
 

@@ -318,6 +318,11 @@ class Endpoint(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
+    def signing_previous(self, now: datetime) -> str | None:
+        """The secret before the last rotation if it still signs at ``now`` (the claim's rule)."""
+        expires = self.previous_secret_expires_at
+        return self.previous_secret if expires is not None and expires > now else None
+
 
 def origin_of(url: str) -> str:
     """``scheme://host:port`` of ``url``, lower-cased, with the port always explicit."""

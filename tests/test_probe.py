@@ -77,6 +77,24 @@ def test_a_test_event_is_signed_sent_once_and_stored_nowhere(
         assert session.execute(select(func.count()).select_from(Delivery)).scalar() == 0
 
 
+def test_a_test_event_carries_the_custom_headers_and_both_secrets_of_a_rotation(
+    client: TestClient, receivers: Receivers
+) -> None:
+    receiver = receivers.start()
+    endpoint = register(client, receiver.url)
+    path = f"{ENDPOINTS}{endpoint['id']}/"
+    patched = client.patch(path, json={"headers": {"Authorization": "Bearer t0k3n"}})
+    assert patched.status_code == 200, patched.text
+    rotated = client.post(f"{path}rotate-secret/", json={"grace_seconds": 3600})
+    assert rotated.status_code == 200, rotated.text
+    assert client.post(f"{path}test/").json()["delivered"] is True
+    (got,) = receiver.received
+    assert got.headers["Authorization"] == "Bearer t0k3n"
+    assert len(got.headers["webhook-signature"].split(" ")) == 2
+    for secret in (rotated.json()["secret"], endpoint["secret"]):
+        Webhook(secret).verify(got.body, got.headers)
+
+
 def test_the_default_type_is_delivered_and_a_disabled_endpoint_is_tested_too(
     client: TestClient, receivers: Receivers
 ) -> None:

@@ -180,6 +180,8 @@ async def send_test_event(
         rate_limit=endpoint.rate_limit,
         event_id=event_id,
         body=payload,
+        previous_secret=endpoint.signing_previous(now),
+        headers=endpoint.headers,
     )
     # Built as the delivery actors build theirs (dispatcher.actors.DeliveryActor).
     guard = AddressPolicy(allow_private=settings.dev, allowed_networks=settings.networks())
