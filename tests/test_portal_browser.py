@@ -372,6 +372,7 @@ def test_create_an_endpoint_and_see_its_test_event_arrive(
     assert (payload["type"], payload["recipient"]) == ("bounced", "test@example.com")
     assert got.headers["webhook-id"] == payload["id"]
     assert payload["id"].startswith("test_")
+    assert got.headers["Authorization"] == "Bearer s3cr3t"  # the custom header set in the form
     endpoint_id = page.url.split("/")[-3]
     secret = portal.api("GET", f"/api/emails/webhook-endpoints/{endpoint_id}/")["secret"]
     assert verifies(receiver, 0, secret)
