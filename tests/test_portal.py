@@ -559,3 +559,22 @@ def test_recover_brings_back_what_a_disabled_endpoint_missed(
     assert "2 deliveries reopened or created." in answer.text
     again = dev_client.post(recover, data={"since": since, "csrf_token": csrf})
     assert "0 deliveries reopened or created." in again.text
+
+
+def test_an_installed_package_carries_every_template_and_asset() -> None:
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["api.portal"]
+    portal = root / "api" / "portal"
+    files = [
+        p.relative_to(portal).as_posix()
+        for folder in ("templates", "static")
+        for p in (portal / folder).iterdir()
+    ]
+    assert files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)] == []
