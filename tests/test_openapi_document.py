@@ -22,6 +22,7 @@ EVENTS = "/api/emails/events/"
 API_OPERATIONS = [
     ("post", ENDPOINTS), ("get", ENDPOINTS), ("get", ONE_ENDPOINT), ("put", ONE_ENDPOINT),
     ("patch", ONE_ENDPOINT), ("delete", ONE_ENDPOINT), ("post", EVENTS), ("get", EVENTS + "{event_id}/"),
+    ("post", "/api/emails/portal-sessions/"),
 ]  # fmt: skip
 
 

@@ -94,6 +94,13 @@ def test_in_dev_mode_the_cookie_is_not_secure(dev_client: TestClient, api_key: s
     assert not SimpleCookie(entered.headers["set-cookie"])["sentinmail_portal"]["secure"]
 
 
+def test_the_api_document_has_the_minting_not_the_pages(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    created = paths[SESSIONS]["post"]["responses"]["201"]["content"]["application/json"]
+    assert set(created["schema"]["$ref"].split("/")[-1:]) == {"PortalLink"}
+    assert [p for p in paths if not p.startswith("/api/")] == ["/healthz", "/metrics"]
+
+
 def test_minting_needs_a_key(client: TestClient) -> None:
     assert client.post(SESSIONS).status_code == 401
     assert client.post(SESSIONS, headers={"X-API-Key": "sk_nope"}).status_code == 401
