@@ -34,7 +34,7 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 from standardwebhooks import Webhook
 
 from tests.receivers import Receiver, Receivers, ok, wait_until
-from tests.test_serve_e2e import SENTINMAIL, serving
+from tests.test_serve_e2e import SENTINMAIL, dispatcher_actors, serving
 
 SCREENSHOTS = os.environ.get("SENTINMAIL_PORTAL_SCREENSHOTS")
 SERIOUS = {"serious", "critical"}
@@ -138,6 +138,10 @@ def service(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
             _,
         ):
             yield Portal(base, key, farm, database_url)
+        # Its actors die with serve, a moment after it: the tests after these need the
+        # session's Ray free of them, and the receivers' connections closed.
+        wait_until(lambda: not dispatcher_actors(), timeout=60)
+        wait_until(lambda: farm.open_connections() == 0)
     finally:
         farm.close()
 
