@@ -8,6 +8,7 @@ the real dispatcher and real receivers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from api.app import create_app
 from dispatcher.settings import Settings
 from models import counters, deliveries, recovery
 from models.base import utcnow
-from models.delivery_log import decode_cursor, encode_cursor
+from models.delivery_log import CURSOR_PATTERN, decode_cursor, encode_cursor
 from models.endpoints import Endpoint
 from models.errors import InvalidInput
 from models.event_types import Priority
@@ -255,7 +256,7 @@ def test_a_cursor_walk_neither_skips_nor_repeats_while_deliveries_arrive(api: Ap
         ({"since": "yesterday"}, "since"),
         ({"until": "2026-02-30T00:00:00Z"}, "until"),
         ({"cursor": "not a cursor"}, "cursor"),
-        ({"cursor": "AAAAAAAAAAB"}, "cursor"),  # the right length, not a cursor
+        ({"cursor": "A" * 21 + "B"}, "cursor"),  # the right length, not a cursor
         ({"event_id": "a/b"}, "event_id"),
     ],
 )
@@ -265,14 +266,31 @@ def test_a_bad_filter_is_a_422_naming_it(api: Api, params: dict[str, Any], field
     assert response.json()["detail"][0]["loc"] == ["query", field]
 
 
-def test_cursors_round_trip_and_every_cursor_of_the_pattern_is_taken() -> None:
-    for delivery_id in (1, 255, 2**40 + 7, 2**63 - 1):
-        cursor = encode_cursor(delivery_id)
-        assert len(cursor) == 11
-        assert decode_cursor(cursor) == delivery_id
-    assert decode_cursor("__________8") == 2**63 - 1  # past every id: clamped
-    with pytest.raises(InvalidInput):
-        decode_cursor("AAAA")
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2026, 4, 2, 14, 30, 0, 123456, tzinfo=UTC),
+        datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ],
+)
+@pytest.mark.parametrize("delivery_id", [1, 255, 2**40 + 7, 2**63 - 1])
+def test_cursors_round_trip(at: datetime, delivery_id: int) -> None:
+    cursor = encode_cursor(at, delivery_id)
+    assert re.fullmatch(CURSOR_PATTERN, cursor)
+    assert decode_cursor(cursor) == (at, delivery_id)
+
+
+def test_every_cursor_of_the_pattern_is_taken() -> None:
+    # Past every stored time and id: clamped, everything stored is older.
+    assert decode_cursor("_" * 21 + "w") == (
+        datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        2**63 - 1,
+    )
+    assert decode_cursor("A" * 22) == (datetime(1970, 1, 1, tzinfo=UTC), 0)
+    for bad in ("AAAA", "A" * 21 + "B", "A" * 23):
+        with pytest.raises(InvalidInput):
+            decode_cursor(bad)
 
 
 def test_another_accounts_deliveries_are_invisible(api: Api, engine: Engine) -> None:
