@@ -8,9 +8,14 @@ the real dispatcher and real receivers.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -321,6 +326,7 @@ def test_retry_makes_a_finished_delivery_due_now_and_wakes_the_dispatcher(
     attempt_all(api.engine, outcome)
     (item,) = api.log()
     before = finished(api.engine)
+    time.sleep(0.3)  # a wake-up ingestion deferred (api.wakeups) has happened by now
     wakes = dispatcher.wakes
     response = api.post(f"{LOG}{item['id']}/retry")
     assert response.status_code == 202, response.text
@@ -397,6 +403,7 @@ def test_recover_brings_back_what_a_disabled_endpoint_missed_once(
     assert api.log(event_id=missed[0]) == []
     api.patch(endpoint, enabled=True)
     assert api.log(status="pending") == []  # enabling replays nothing by itself
+    time.sleep(0.3)  # a wake-up ingestion deferred (api.wakeups) has happened by now
     wakes = dispatcher.wakes
     response = recover(api, endpoint)
     assert response.status_code == 202, response.text
@@ -485,3 +492,19 @@ def test_recover_needs_an_enabled_endpoint_of_the_account(api: Api, engine: Engi
     body = {"since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00Z"}
     for path in (f"{ENDPOINTS}{endpoint}/recover", f"{ENDPOINTS}nope/recover/"):
         assert api.client.post(path, json=body, headers=stranger).status_code == 404
+
+
+def test_the_log_benchmark_runs_and_reports_every_filter(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.deliveries_log", "--deliveries", "2000",
+         "--repeat", "2", "--recover", "500", "--results-dir", str(tmp_path)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["deliveries"] == 2000
+    assert len(result["log"]) == 19
+    assert all(result["log"][name]["results"] == 50 for name in ("none", "status=succeeded"))
+    assert result["log"]["none"]["walk_20_pages"]["pages"] == 20
+    recovered = result["recover"]
+    assert (recovered["deliveries"], recovered["second_call_deliveries"]) == (500, 0)
