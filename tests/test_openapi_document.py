@@ -19,9 +19,13 @@ from models.events import _SPACE, EMAIL_PATTERN, MAX_UNIX_TIMESTAMP, TIMESTAMP_P
 ENDPOINTS = "/api/emails/webhook-endpoints/"
 ONE_ENDPOINT = ENDPOINTS + "{endpoint_id}/"
 EVENTS = "/api/emails/events/"
+DELIVERIES = "/api/emails/deliveries/"
 API_OPERATIONS = [
     ("post", ENDPOINTS), ("get", ENDPOINTS), ("get", ONE_ENDPOINT), ("put", ONE_ENDPOINT),
     ("patch", ONE_ENDPOINT), ("delete", ONE_ENDPOINT), ("post", EVENTS), ("get", EVENTS + "{event_id}/"),
+    ("get", DELIVERIES), ("get", DELIVERIES + "{delivery_id}/"),
+    ("post", DELIVERIES + "{delivery_id}/retry/"), ("post", ONE_ENDPOINT + "recover/"),
+    ("post", ONE_ENDPOINT + "test/"),
 ]  # fmt: skip
 
 
@@ -65,6 +69,34 @@ def test_operations_on_one_resource_document_404(
     assert (
         response_schema(document, method, path, "404")["properties"]["detail"]["type"] == "string"
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "statuses"),
+    [
+        ("post", DELIVERIES + "{delivery_id}/retry/", {"202", "404", "409"}),
+        ("post", ONE_ENDPOINT + "recover/", {"202", "404", "409"}),
+        ("post", ONE_ENDPOINT + "test/", {"200", "404", "429"}),
+        ("get", DELIVERIES, {"200"}),
+        ("get", DELIVERIES + "{delivery_id}/", {"200", "404"}),
+    ],
+)
+def test_the_operations_after_a_failure_document_their_answers_with_examples(
+    document: dict[str, Any], method: str, path: str, statuses: set[str]
+) -> None:
+    responses = document["paths"][path][method]["responses"]
+    assert statuses <= set(responses)
+    success = min(statuses)
+    assert responses[success]["content"]["application/json"]["example"]
+    if "429" in statuses:
+        assert "Retry-After" in responses["429"]["headers"]
+
+
+def test_the_delivery_log_publishes_its_bounds(document: dict[str, Any]) -> None:
+    params = {p["name"]: p["schema"] for p in document["paths"][DELIVERIES]["get"]["parameters"]}
+    assert (params["limit"]["minimum"], params["limit"]["maximum"]) == (1, 250)
+    assert params["cursor"]["anyOf"][0]["pattern"]
+    assert params["since"]["anyOf"][0]["pattern"] == TIMESTAMP_PATTERN
 
 
 def test_paging_bounds_are_published(document: dict[str, Any]) -> None:
