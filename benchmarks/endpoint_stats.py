@@ -149,6 +149,16 @@ def _populate(engine: Any, attempts: int, days: float, now: datetime) -> dict[st
     }
 
 
+def _counted(engine: Any) -> int:
+    """Attempts the rollup's minute rows count, in all."""
+    with Session(engine) as session:
+        connection, _ = driver(session)
+        total = connection.exec_driver_sql(
+            f"SELECT sum(attempts) FROM endpoint_stat WHERE span = {endpoint_stats.MINUTE}"
+        ).scalar_one()
+    return int(total or 0)
+
+
 def run(*, attempts: int, days: float, calls: int, database_url: str | None) -> dict[str, Any]:
     """Populate, then time the stats call; the result."""
     info = machine()
@@ -177,6 +187,7 @@ def run(*, attempts: int, days: float, calls: int, database_url: str | None) -> 
                         "p95_ms": round(percentile(latencies, 95), 2),
                         "max_ms": round(max(latencies), 2),
                     }
+            counted = _counted(engine)
         finally:
             engine.dispose()
             drop()
@@ -188,6 +199,9 @@ def run(*, attempts: int, days: float, calls: int, database_url: str | None) -> 
         "calls": calls,
         **populated,
         "windows": windows,
+        # Every attempt in the rollup's minutes once (what the hours hold is the same sums).
+        "lost": max(0, attempts - counted),
+        "duplicates": max(0, counted - attempts),
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
