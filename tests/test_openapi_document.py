@@ -250,3 +250,31 @@ def test_the_largest_unix_timestamp_is_the_last_second_of_9998() -> None:
     assert (
         datetime.fromtimestamp(MAX_UNIX_TIMESTAMP, UTC).isoformat() == "9998-12-31T23:59:59+00:00"
     )
+
+
+def test_the_bodies_receivers_get_are_in_webhooks(document: dict[str, Any]) -> None:
+    webhooks = document["webhooks"]
+    schemas = document["components"]["schemas"]
+    email = webhooks["email-event"]["post"]["requestBody"]["content"]["application/json"]
+    operational = webhooks["operational-event"]["post"]["requestBody"]["content"]
+    assert email["schema"] == {"$ref": "#/components/schemas/EmailEventPayload"}
+    assert set(schemas["EmailEventPayload"]["properties"]) == {
+        "id", "type", "recipient", "sent_email_id", "campaign_id", "metadata", "timestamp"
+    }  # fmt: skip
+    assert operational["application/json"]["schema"]["$ref"].endswith("OperationalEventPayload")
+    assert set(schemas["OperationalEventPayload"]["properties"]) == {
+        "id", "type", "endpoint_id", "url", "reason", "last_error", "timestamp"
+    }  # fmt: skip
+    assert schemas["OperationalEventPayload"]["properties"]["type"]["enum"] == [
+        "endpoint.failing",
+        "endpoint.disabled",
+    ]
+
+
+def test_the_operational_types_cannot_be_posted(document: dict[str, Any]) -> None:
+    body = document["paths"][EVENTS]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["$defs"]["EmailEventType"]["enum"] == [
+        "delivered", "opened", "clicked", "bounced", "unsubscribed"
+    ]  # fmt: skip
+    subscribed = document["components"]["schemas"]["EventType"]["enum"]  # what endpoints take
+    assert {"endpoint.failing", "endpoint.disabled"} <= set(subscribed)
