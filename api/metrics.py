@@ -56,7 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models import counters, gauges
 from models.base import utcnow
-from models.event_types import EventType, Priority
+from models.event_types import EmailEventType, Priority
 from models.events import EventIn, Ingested
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -83,7 +83,7 @@ class IngestMetrics:
             ["type"],
             registry=registry,
         )
-        self._by_type = {t.value: self._accepted.labels(t.value) for t in EventType}
+        self._by_type = {t.value: self._accepted.labels(t.value) for t in EmailEventType}
         self._duplicates = Counter(
             f"{PREFIX}events_duplicate",
             "Events submitted again with an id already accepted: nothing stored.",

@@ -1,4 +1,5 @@
-"""The OpenAPI document as one app serves it: FastAPI's, fitted to the app's mode.
+"""The OpenAPI document as one app serves it: FastAPI's, fitted to the app's mode,
+with the deliveries receivers get in its ``webhooks`` (``api.webhooks``).
 
 Endpoint URLs must be ``https://``, except in development mode, which takes
 ``http://`` too. The models publish the https-only pattern; an app in
@@ -12,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from api import webhooks
 from models.endpoints import HTTP_URL_PATTERN, HTTPS_URL_PATTERN
 
 
@@ -22,6 +24,7 @@ def install(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = generate()
+            webhooks.add(document)
             if app.state.settings.dev:
                 _replace(document, "pattern", HTTPS_URL_PATTERN, HTTP_URL_PATTERN)
         return app.openapi_schema or {}

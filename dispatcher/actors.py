@@ -114,6 +114,7 @@ class SchedulerActor:
             make_engine(settings.database_url),
             Capacity.from_settings(settings),
             timedelta(seconds=settings.disable_after),
+            timedelta(seconds=settings.failing_after),
         )
         self.router = _Lookup(router_name, namespace)
         # One thread: the scheduler's database work runs one statement at a time.
@@ -139,7 +140,8 @@ class SchedulerActor:
         disabled = await self._in_db(self.scheduler.record, results, utcnow())
         if disabled:
             (await self.router.get()).forget.remote(disabled)
-        if self.scheduler.worth_claiming:  # freed capacity lets waiting work in, or a retry is due
+        # Freed capacity lets waiting work in, a retry is due, or operational events were stored.
+        if self.scheduler.worth_claiming or self.scheduler.announced:
             self._wakeup.set()
 
     async def renew(self, held: list[tuple[int, str]]) -> None:

@@ -11,6 +11,10 @@ and never retried.
 
 :class:`ProbeLimiter` is the pure policy of how often: at most ``limit`` per
 ``window`` seconds per endpoint, in one process.
+
+The API imports this module; the signing and transport code (the delivery
+actors' machinery, which API processes otherwise never load) is imported
+when the first test event is sent.
 """
 
 from __future__ import annotations
@@ -22,17 +26,19 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
 
 from dispatcher.errors import TransportError
 from dispatcher.outcome import Verdict, classify
-from dispatcher.signing import signed_request
-from dispatcher.transport import Transport
 from models.event_types import EventType
 from models.events import EventIn, payload_body
 from models.jobs import Job
+
+if TYPE_CHECKING:
+    from dispatcher.transport import Transport
 
 TEST_PREFIX = "test_"
 TEST_RECIPIENT = "test@example.com"
@@ -111,7 +117,7 @@ def probe_job(
 
 
 async def send_probe(
-    transport: Transport,
+    transport: Transport,  # dispatcher.transport's, imported when a test event is sent
     job: Job,
     at: datetime,
     *,
@@ -119,6 +125,8 @@ async def send_probe(
     attempt_timeout: float,
 ) -> ProbeResult:
     """Attempt ``job`` once, signed at ``at``, within ``attempt_timeout`` seconds."""
+    from dispatcher.signing import signed_request  # see the note on imports above
+
     started = time.monotonic()
     request = signed_request(job, at, user_agent=user_agent, timeout=attempt_timeout)
     try:

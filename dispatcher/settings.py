@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds an endpoint may fail without one success before it is disabled.",
     )
+    failing_after: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds an endpoint may fail without one success before the account's"
+        " other endpoints get an endpoint.failing event (once per run of failures).",
+    )
     host_rate_limit: float = Field(
         default=100.0, gt=0, description="Requests per second to one host by default."
     )

@@ -61,12 +61,12 @@ class Delivery(SQLModel, table=True):
             postgresql_where=OPEN_CLAUSE,
         ),
         Index("ix_delivery_event", "account_id", "event_id"),
-        # The delivery log (models.delivery_log) walks these newest first, by id; the
-        # endpoint-and-status one also serves cancel_open.
-        Index("ix_delivery_endpoint", "endpoint_id", "status", "id"),
-        Index("ix_delivery_log", "account_id", "id"),
-        Index("ix_delivery_log_status", "account_id", "status", "id"),
-        Index("ix_delivery_log_endpoint", "endpoint_id", "id"),
+        # The delivery log (models.delivery_log) walks these newest first, by creation
+        # time then id; the endpoint-and-status one also serves cancel_open.
+        Index("ix_delivery_endpoint", "endpoint_id", "status", "created_at", "id"),
+        Index("ix_delivery_log", "account_id", "created_at", "id"),
+        Index("ix_delivery_log_status", "account_id", "status", "created_at", "id"),
+        Index("ix_delivery_log_endpoint", "endpoint_id", "created_at", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BIG_ID)

@@ -1,17 +1,20 @@
 """The delivery log: an account's deliveries, newest first, filtered; one in full; a retry.
 
-Pages are walked by keyset on the delivery id (newest first): the cursor is
-the last id shown, opaque to clients (URL-safe base64 of its 8 bytes, 11
+Pages are walked by keyset, newest first by creation time, then by id:
+the cursor is the last delivery shown, ``(created_at, id)``, opaque to
+clients (URL-safe base64 of its microseconds and id, 16 bytes, 22
 characters: every string of :data:`CURSOR_PATTERN` is one, so a cursor the
-schema allows is never refused). New
-deliveries get larger ids, so a walk that follows ``next_cursor`` while
-deliveries keep arriving neither skips nor repeats one.
+schema allows is never refused). New deliveries are created later, so a
+walk that follows ``next_cursor`` while deliveries keep arriving neither
+skips nor repeats one. Ordered by time rather than by id alone so that
+``since`` and ``until`` are ranges of the same indexes: with id order, a
+window a week back scanned every newer row (over a second on 1,000,000).
 
 Each page costs three statements whatever its filters: the deliveries (with
 their event's type, joined by the event's primary key), then per delivery the
 count of attempts and the last one. The indexes it walks are declared on
 :class:`models.deliveries.Delivery` (account, account and status, endpoint,
-endpoint and status, each then id).
+endpoint and status, each then creation time and id).
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import base64
 import json
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
 from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from models.deliveries import Attempt, Delivery
@@ -38,8 +42,13 @@ from models.jobs import DeliveryStatus
 MAX_LIMIT = 250
 # Past any id a BIGINT holds: a larger one is no delivery, and no database compares it.
 _MAX_ID = 2**63 - 1
-# 8 bytes in unpadded base64: 10 characters of 6 bits, then one holding the last 4.
-CURSOR_PATTERN = "^[A-Za-z0-9_-]{10}[AEIMQUYcgkosw048]$"
+# 16 bytes in unpadded base64: 21 characters of 6 bits, then one holding the last 2.
+CURSOR_PATTERN = "^[A-Za-z0-9_-]{21}[AQgw]$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The last microsecond a stored time can have (see models.events.Instant).
+_MAX_US = (datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // timedelta(
+    microseconds=1
+)
 _CURSOR = re.compile(CURSOR_PATTERN)
 
 
@@ -76,21 +85,25 @@ class DeliveryPage(BaseModel):
     results: list[DeliveryItem]
     next_cursor: str | None = PydanticField(
         description="Pass as `cursor` for the next page; null on the last one.",
-        examples=["ZDEwNDI"],
+        examples=["AAZOewkMKgAAAAAAAAAEEg"],
     )
 
 
-def encode_cursor(delivery_id: int) -> str:
-    """The opaque cursor that continues after ``delivery_id``."""
-    return base64.urlsafe_b64encode(delivery_id.to_bytes(8, "big")).decode().rstrip("=")
+def encode_cursor(created_at: datetime, delivery_id: int) -> str:
+    """The opaque cursor that continues after the delivery ``(created_at, delivery_id)``."""
+    us = (created_at - _EPOCH) // timedelta(microseconds=1)
+    raw = us.to_bytes(8, "big") + delivery_id.to_bytes(8, "big")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> int:
-    """The id a cursor continues after; InvalidInput naming ``cursor`` if it is not one."""
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """The ``(created_at, id)`` a cursor continues after; InvalidInput naming ``cursor``."""
     if not _CURSOR.fullmatch(cursor):
         raise InvalidInput(("query", "cursor"), "is not a cursor this API gave (use next_cursor)")
-    # Past the largest id: everything is older.
-    return min(int.from_bytes(base64.urlsafe_b64decode(cursor + "="), "big"), _MAX_ID)
+    raw = base64.urlsafe_b64decode(cursor + "==")
+    # Values past any stored one are clamped: everything stored is older.
+    us = min(int.from_bytes(raw[:8], "big"), _MAX_US)
+    return _EPOCH + timedelta(microseconds=us), min(int.from_bytes(raw[8:], "big"), _MAX_ID)
 
 
 def parse_id(delivery_id: str) -> int:
@@ -143,26 +156,46 @@ def list_deliveries(
         return DeliveryPage(results=[], next_cursor=None)
     query = _joined().where(col(Delivery.account_id) == account_id)
     if cursor is not None:
-        query = query.where(col(Delivery.id) < decode_cursor(cursor))
+        at, last_id = decode_cursor(cursor)
+        # The range bound alone is what an index can seek; the OR finishes the keyset.
+        query = query.where(
+            col(Delivery.created_at) <= at,
+            (col(Delivery.created_at) < at) | (col(Delivery.id) < last_id),
+        )
     if endpoint_id is not None:
         query = query.where(col(Delivery.endpoint_id) == endpoint_id)
     if status is not None:
         query = query.where(col(Delivery.status) == status.value)
     if event_type is not None:
-        query = query.where(col(Event.type) == event_type.value)
+        # A lookup of each row's event by its key, not a condition of the join: SQLite
+        # then built a Bloom filter over every event of the account first (170-320 ms
+        # a page on 1,000,000 deliveries).
+        own = aliased(Event)
+        of_event = (
+            select(col(own.type))
+            .where(
+                col(own.account_id) == col(Delivery.account_id),
+                col(own.id) == col(Delivery.event_id),
+            )
+            .correlate(Delivery)
+            .scalar_subquery()
+        )
+        query = query.where(of_event == event_type.value)
     if event_id is not None:
         query = query.where(col(Delivery.event_id) == event_id)
     if since is not None:
         query = query.where(col(Delivery.created_at) >= since)
     if until is not None:
         query = query.where(col(Delivery.created_at) < until)
-    rows = session.execute(query.order_by(col(Delivery.id).desc()).limit(limit + 1)).all()
+    rows = session.execute(
+        query.order_by(col(Delivery.created_at).desc(), col(Delivery.id).desc()).limit(limit + 1)
+    ).all()
     more = len(rows) > limit
     rows = rows[:limit]
     counts, last = _attempt_summaries(session, [r[0] for r in rows])
     return DeliveryPage(
         results=[_item(r, counts.get(r[0], 0), last.get(r[0])) for r in rows],
-        next_cursor=encode_cursor(rows[-1][0]) if more else None,
+        next_cursor=encode_cursor(rows[-1][5], rows[-1][0]) if more else None,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -402,6 +403,7 @@ def update_endpoint(
     if changes.get("enabled") is True:
         endpoint.disabled_reason = None
         endpoint.failing_since = None
+        endpoint.failing_notified = False
     if changes.get("enabled") is False:
         endpoint.disabled_reason = "disabled through the API"
         cancel_open(session, [endpoint.id], now=utcnow())
@@ -472,7 +474,8 @@ def record_health(
     m, ids = db.mark, db.in_list("text")
     if succeeded:
         connection.exec_driver_sql(
-            f"UPDATE endpoint SET failing_since = NULL"
+            # A success ends the run, and its announcement: the next run is announced again.
+            f"UPDATE endpoint SET failing_since = NULL, failing_notified = FALSE"
             f" WHERE id {ids} AND failing_since IS NOT NULL",
             (db.values(sorted(succeeded)),),
         )
@@ -506,3 +509,39 @@ def record_health(
     if disabled:
         cancel_open(session, disabled, now=now)
     return disabled
+
+
+def mark_failing(
+    session: Session, failed: set[str], *, now: datetime, failing_after: timedelta
+) -> list[str]:
+    """Of the ``failed`` endpoints, those whose run of failures is now ``failing_after`` old
+    and not yet announced: marked announced, and returned (no commit).
+
+    Once per run: a success clears the mark (:func:`record_health`). Disabled
+    endpoints are left out (they are announced as disabled instead).
+    """
+    if not failed:
+        return []
+    connection, db = driver(session)
+    m = db.mark
+    hit = connection.exec_driver_sql(
+        f"UPDATE endpoint SET failing_notified = TRUE WHERE id {db.in_list('text')}"
+        f" AND enabled IS TRUE AND failing_notified IS FALSE AND failing_since <= {m}"
+        " RETURNING id",
+        (db.values(sorted(failed)), db.time(now - failing_after)),
+    )
+    return sorted(hit.scalars())
+
+
+def describe(
+    session: Session, endpoint_ids: Sequence[str]
+) -> dict[str, tuple[str, str, str | None]]:
+    """``(account id, url, disabled reason)`` of each of these endpoints, by id."""
+    if not endpoint_ids:
+        return {}
+    connection, db = driver(session)
+    rows = connection.exec_driver_sql(
+        f"SELECT id, account_id, url, disabled_reason FROM endpoint WHERE id {db.in_list('text')}",
+        (db.values(sorted(endpoint_ids)),),
+    )
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}

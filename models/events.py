@@ -32,7 +32,7 @@ from models.base import UTCDateTime, new_id, utcnow
 from models.deliveries import DELIVERY, Attempt, Delivery
 from models.driver import Driver, driver, insert_rows
 from models.errors import NotFound
-from models.event_types import EventType
+from models.event_types import EmailEventType, EventType
 from models.jobs import DeliveryStatus
 
 MAX_BATCH = 1000
@@ -162,7 +162,10 @@ class EventIn(BaseModel):
         description="Stable id; `evt-<uuid4>` is assigned when absent. Resubmitting it is a no-op.",
         examples=["evt-6f1c2d4e-8a7b-4c3d-9e2f-1a0b3c4d5e6f"],
     )
-    type: EventType
+    type: EmailEventType = PydanticField(
+        description="What happened to the email. The operational types (`endpoint.failing`,"
+        " `endpoint.disabled`) are emitted by the service only: posting one is refused."
+    )
     recipient: Annotated[str, AfterValidator(_check_email)] = PydanticField(
         max_length=320, examples=["user@example.com"], json_schema_extra={"pattern": EMAIL_PATTERN}
     )
@@ -408,6 +411,64 @@ def insert_deliveries(connection: Connection, db: Driver, rows: Sequence[tuple[A
 def payload_body(event: EventIn, event_id: str, now: datetime) -> str:
     """The JSON body a delivery of ``event`` sends, as ingestion would store it at ``now``."""
     return _payload_body(event, event_id, _timestamp(now))
+
+
+@dataclass(frozen=True)
+class EndpointNotice:
+    """Word of an endpoint in trouble, for the account's other endpoints (an operational event)."""
+
+    type: EventType
+    endpoint_id: str
+    account_id: str
+    url: str
+    reason: str
+    last_error: dict[str, Any] | None
+    """``{"at", "status_code", "error"}`` of the attempt that told, or None."""
+
+
+def notice_body(notice: EndpointNotice, event_id: str, timestamp: str) -> str:
+    """The JSON body every delivery of an operational event sends."""
+    return _COMPACT_JSON.encode(
+        {
+            "id": event_id,
+            "type": notice.type.value,
+            "endpoint_id": notice.endpoint_id,
+            "url": notice.url,
+            "reason": notice.reason,
+            "last_error": notice.last_error,
+            "timestamp": timestamp,
+        }
+    )
+
+
+def emit(session: Session, notices: Sequence[EndpointNotice], *, now: datetime) -> int:
+    """Store operational events and their deliveries as ingestion stores events (no commit).
+
+    Each goes to the account's other enabled endpoints subscribed to its type,
+    never to the endpoint it is about. Returns how many deliveries it made.
+    """
+    if not notices:
+        return 0
+    connection, db = driver(session)
+    created_at = db.time(now)
+    pending = (_PENDING, 0, created_at, created_at, created_at)
+    timestamp = _timestamp(now)
+    subscribed = _subscriptions(connection, db, {n.account_id for n in notices})
+    rows: list[tuple[Any, ...]] = []
+    deliveries: list[tuple[Any, ...]] = []
+    for notice in notices:
+        event_id = _new_event_id()
+        event_type = notice.type.value
+        body = notice_body(notice, event_id, timestamp)
+        rows.append((notice.account_id, event_id, event_type, body, created_at))
+        for endpoint_id, types in subscribed.get(notice.account_id, ()):
+            if event_type in types and endpoint_id != notice.endpoint_id:
+                deliveries.append(
+                    (notice.account_id, event_id, endpoint_id, _PRIORITY[event_type], *pending)
+                )
+    insert_rows(connection, db, EVENT.name, _EVENT_COLUMNS, rows)
+    insert_rows(connection, db, DELIVERY.name, _DELIVERY_COLUMNS, deliveries)
+    return len(deliveries)
 
 
 def _known_ids(

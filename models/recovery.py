@@ -62,7 +62,8 @@ def recover(
     walk = (
         f"SELECT id, created_at FROM event WHERE account_id = {m}"
         f" AND created_at >= {m} AND created_at < {m} AND type {db.in_list('text')}"
-        f" AND (created_at > {m} OR (created_at = {m} AND id > {m}))"
+        # The range start alone is what the index seeks; the OR finishes the keyset.
+        f" AND created_at >= {m} AND (created_at > {m} OR id > {m})"
         f" ORDER BY created_at, id LIMIT {m}"
     )
     existing = (

@@ -305,7 +305,7 @@ INVALID_BODIES: list[tuple[str, Any, list[Any], str]] = [
     ("url not a string", {"url": 5, "events": ["opened"]}, ["body", "url"], "valid string"),
     ("empty events", {"url": SEED_URL, "events": []}, ["body", "events"], "at least 1 item"),
     ("events not a list", {"url": SEED_URL, "events": "opened"}, ["body", "events"], "valid list"),
-    ("unknown event", {"url": SEED_URL, "events": ["opened", "sent"]}, ["body", "events", 1], "'delivered', 'opened', 'clicked', 'bounced' or 'unsubscribed'"),
+    ("unknown event", {"url": SEED_URL, "events": ["opened", "sent"]}, ["body", "events", 1], "'unsubscribed', 'endpoint.failing' or 'endpoint.disabled'"),
     ("unknown field", {"url": SEED_URL, "events": ["opened"], "color": "red"}, ["body", "color"], "not permitted"),
     ("negative rate", {"url": SEED_URL, "events": ["opened"], "rate_limit": -1}, ["body", "rate_limit"], "greater than 0"),
     ("array body", [], ["body"], "valid dictionary"),

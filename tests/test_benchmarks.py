@@ -40,6 +40,7 @@ TINY: dict[str, list[str]] = {
                        "--expired", "4000", "--purge-within", "60"],
     "overhead-scrape": ["scrape", "--rounds", "1", "--events", "200", "--hosts", "2",
                         "--idle-scrapes", "2"],
+    "endpoint_stats": ["--attempts", "3000", "--calls", "3", "--days", "29"],
     "soak": ["--minutes", "0.3", "--rate", "100", "--retention", "5", "--hosts", "2",
              "--sample-every", "2"],
 }  # fmt: skip
@@ -100,6 +101,7 @@ FIELDS: dict[str, set[str]] = {
         "runs",
     },
     "soak": {"rows", "size", "samples", "events_posted", "lost", "duplicates"},
+    "endpoint_stats": {"attempts", "windows", "rollup_ms_per_batch_p95", "lost", "duplicates"},
 }
 
 
@@ -108,7 +110,7 @@ FIELDS: dict[str, set[str]] = {
 # the second wave starts as soon as it has finished.
 WAVES = [
     ["isolation", "throughput", "priority", "recovery"],
-    ["recovery_single", "ingest", "overhead-purge", "overhead-scrape", "soak"],
+    ["recovery_single", "ingest", "overhead-purge", "overhead-scrape", "soak", "endpoint_stats"],
 ]
 GATE = "isolation"
 
@@ -232,6 +234,8 @@ def test_benchmark_runs_and_loses_nothing(name: str, runs: Runs) -> None:
     if name == "overhead-scrape":
         scraped = next(r for r in result["runs"] if r["variant"] == "feature")
         assert "cpu_ms_per_scrape" in scraped["idle"]
+    if name == "endpoint_stats":
+        assert result["windows"]["30d"]["attempts"] == 3000
     if name == "soak":
         assert result["events_posted"] > 0
         assert len(result["samples"]) >= 3

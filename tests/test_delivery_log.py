@@ -8,8 +8,14 @@ the real dispatcher and real receivers.
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +27,7 @@ from api.app import create_app
 from dispatcher.settings import Settings
 from models import counters, deliveries, recovery
 from models.base import utcnow
-from models.delivery_log import decode_cursor, encode_cursor
+from models.delivery_log import CURSOR_PATTERN, decode_cursor, encode_cursor
 from models.endpoints import Endpoint
 from models.errors import InvalidInput
 from models.event_types import Priority
@@ -258,7 +264,7 @@ def test_a_cursor_walk_neither_skips_nor_repeats_while_deliveries_arrive(api: Ap
         ({"since": "yesterday"}, "since"),
         ({"until": "2026-02-30T00:00:00Z"}, "until"),
         ({"cursor": "not a cursor"}, "cursor"),
-        ({"cursor": "AAAAAAAAAAB"}, "cursor"),  # the right length, not a cursor
+        ({"cursor": "A" * 21 + "B"}, "cursor"),  # the right length, not a cursor
         ({"event_id": "a/b"}, "event_id"),
     ],
 )
@@ -268,14 +274,31 @@ def test_a_bad_filter_is_a_422_naming_it(api: Api, params: dict[str, Any], field
     assert response.json()["detail"][0]["loc"] == ["query", field]
 
 
-def test_cursors_round_trip_and_every_cursor_of_the_pattern_is_taken() -> None:
-    for delivery_id in (1, 255, 2**40 + 7, 2**63 - 1):
-        cursor = encode_cursor(delivery_id)
-        assert len(cursor) == 11
-        assert decode_cursor(cursor) == delivery_id
-    assert decode_cursor("__________8") == 2**63 - 1  # past every id: clamped
-    with pytest.raises(InvalidInput):
-        decode_cursor("AAAA")
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2026, 4, 2, 14, 30, 0, 123456, tzinfo=UTC),
+        datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ],
+)
+@pytest.mark.parametrize("delivery_id", [1, 255, 2**40 + 7, 2**63 - 1])
+def test_cursors_round_trip(at: datetime, delivery_id: int) -> None:
+    cursor = encode_cursor(at, delivery_id)
+    assert re.fullmatch(CURSOR_PATTERN, cursor)
+    assert decode_cursor(cursor) == (at, delivery_id)
+
+
+def test_every_cursor_of_the_pattern_is_taken() -> None:
+    # Past every stored time and id: clamped, everything stored is older.
+    assert decode_cursor("_" * 21 + "w") == (
+        datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        2**63 - 1,
+    )
+    assert decode_cursor("A" * 22) == (datetime(1970, 1, 1, tzinfo=UTC), 0)
+    for bad in ("AAAA", "A" * 21 + "B", "A" * 23):
+        with pytest.raises(InvalidInput):
+            decode_cursor(bad)
 
 
 def test_another_accounts_deliveries_are_invisible(api: Api, engine: Engine) -> None:
@@ -306,6 +329,7 @@ def test_retry_makes_a_finished_delivery_due_now_and_wakes_the_dispatcher(
     attempt_all(api.engine, outcome)
     (item,) = api.log()
     before = finished(api.engine)
+    time.sleep(0.3)  # a wake-up ingestion deferred (api.wakeups) has happened by now
     wakes = dispatcher.wakes
     response = api.post(f"{LOG}{item['id']}/retry")
     assert response.status_code == 202, response.text
@@ -382,6 +406,7 @@ def test_recover_brings_back_what_a_disabled_endpoint_missed_once(
     assert api.log(event_id=missed[0]) == []
     api.patch(endpoint, enabled=True)
     assert api.log(status="pending") == []  # enabling replays nothing by itself
+    time.sleep(0.3)  # a wake-up ingestion deferred (api.wakeups) has happened by now
     wakes = dispatcher.wakes
     response = recover(api, endpoint)
     assert response.status_code == 202, response.text
@@ -470,3 +495,19 @@ def test_recover_needs_an_enabled_endpoint_of_the_account(api: Api, engine: Engi
     body = {"since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00Z"}
     for path in (f"{ENDPOINTS}{endpoint}/recover", f"{ENDPOINTS}nope/recover/"):
         assert api.client.post(path, json=body, headers=stranger).status_code == 404
+
+
+def test_the_log_benchmark_runs_and_reports_every_filter(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.deliveries_log", "--deliveries", "2000",
+         "--repeat", "2", "--recover", "500", "--results-dir", str(tmp_path)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["deliveries"] == 2000
+    assert len(result["log"]) == 19
+    assert all(result["log"][name]["results"] == 50 for name in ("none", "status=succeeded"))
+    assert result["log"]["none"]["walk_20_pages"]["pages"] == 20
+    recovered = result["recover"]
+    assert (recovered["deliveries"], recovered["second_call_deliveries"]) == (500, 0)

@@ -18,7 +18,16 @@ from dispatcher.settings import Settings
 from models import endpoint_stats
 from models.base import utcnow
 from models.deliveries import Attempt, Delivery
-from models.endpoint_stats import BOUNDS_MS, EndpointStat, bucket_index, minute_of, percentile
+from models.endpoint_stats import (
+    BOUNDS_MS,
+    HOUR,
+    MINUTE,
+    EndpointStat,
+    bucket_index,
+    hour_of,
+    minute_of,
+    percentile,
+)
 from models.jobs import DeliveryStatus, Job, Result
 from tests.test_scheduler import make_account, make_endpoint, make_events, scheduler
 
@@ -75,9 +84,15 @@ def test_tally_counts_attempts_per_endpoint_and_minute_with_the_latest_of_each()
          ok(T0 + timedelta(minutes=1), 1, "other"), released],
         now=T0,
     )  # fmt: skip
-    minute = minute_of(T0)
-    assert set(tallies) == {("ep", minute), ("other", minute + timedelta(minutes=1))}
-    t = tallies["ep", minute]
+    minute, hour = minute_of(T0), hour_of(T0)
+    assert set(tallies) == {
+        ("ep", MINUTE, minute),
+        ("ep", HOUR, hour),
+        ("other", MINUTE, minute + timedelta(minutes=1)),
+        ("other", HOUR, hour),
+    }
+    assert tallies["ep", MINUTE, minute] == tallies["ep", HOUR, hour]
+    t = tallies["ep", MINUTE, minute]
     assert (t.attempts, t.succeeded) == (4, 2)
     assert t.histogram is not None
     assert sum(t.histogram) == 4
@@ -171,7 +186,9 @@ def test_the_window_counts_whole_minutes_back_from_now(engine: Engine) -> None:
     account = make_account(engine)
     hook = make_endpoint(engine, account)
     now = T0
-    results = [ok(now - timedelta(minutes=m), 10, hook) for m in (0, 1, 2, 10, 60 * 24 * 31)]
+    # At 14:30, 14:29, 14:28, 14:20, 13:45, 12:59 and 31 days before.
+    ago = (0, 1, 2, 10, 45, 91, 60 * 24 * 31)
+    results = [ok(now - timedelta(minutes=m), 10, hook) for m in ago]
     with Session(engine) as session:
         endpoint_stats.record(session, results, now=now)
         session.commit()
@@ -183,9 +200,10 @@ def test_the_window_counts_whole_minutes_back_from_now(engine: Engine) -> None:
             ).attempts
 
     assert attempts(60) == 2  # this minute and the one the window starts in
-    assert attempts(180) == 4 - 1
-    assert attempts(3600) == 4
-    assert attempts(endpoint_stats.MAX_WINDOW) == 4
+    assert attempts(180) == 3
+    assert attempts(3600) == 5  # from 13:30: minutes to 14:00, then the hour
+    assert attempts(7200) == 6  # from 12:30: minutes to 13:00, then two hours
+    assert attempts(endpoint_stats.MAX_WINDOW) == 6
     with Session(engine) as session:  # the latest success is the latest, window or not
         stats = endpoint_stats.window_stats(session, hook, window=60, now=now, breaker="closed")
     assert stats.last_success_at == now
@@ -296,7 +314,11 @@ def test_another_accounts_endpoint_is_404(client: TestClient, api_key: str, othe
 
 def stat_minutes(engine: Engine) -> list[datetime]:
     with Session(engine) as session:
-        return sorted(session.execute(select(col(EndpointStat.minute))).scalars())
+        return sorted(
+            session.execute(
+                select(col(EndpointStat.start)).where(col(EndpointStat.span) == MINUTE)
+            ).scalars()
+        )
 
 
 @pytest.mark.parametrize("retention_days", [7, 30, 45])
@@ -314,9 +336,8 @@ def test_retention_keeps_the_rollup_for_the_longest_window_or_the_retention(
     purged = purger.run_pass(now - timedelta(days=retention_days), sleep=lambda _: None)
     kept_days = max(30, retention_days)
     kept = [d for d in ages if d < kept_days]
-    assert purged.stats == len(ages) - len(kept)
+    assert purged.stats == 2 * (len(ages) - len(kept))  # a minute's row and an hour's each
     assert stat_minutes(engine) == sorted(minute_of(now - timedelta(days=d)) for d in kept)
     with Session(engine) as session:
-        assert session.execute(select(func.count()).select_from(EndpointStat)).scalar_one() == len(
-            kept
-        )
+        rows = session.execute(select(func.count()).select_from(EndpointStat)).scalar_one()
+    assert rows == 2 * len(kept)

@@ -19,10 +19,13 @@ from models.events import _SPACE, EMAIL_PATTERN, MAX_UNIX_TIMESTAMP, TIMESTAMP_P
 ENDPOINTS = "/api/emails/webhook-endpoints/"
 ONE_ENDPOINT = ENDPOINTS + "{endpoint_id}/"
 EVENTS = "/api/emails/events/"
+DELIVERIES = "/api/emails/deliveries/"
 API_OPERATIONS = [
     ("post", ENDPOINTS), ("get", ENDPOINTS), ("get", ONE_ENDPOINT), ("put", ONE_ENDPOINT),
     ("patch", ONE_ENDPOINT), ("delete", ONE_ENDPOINT), ("post", EVENTS), ("get", EVENTS + "{event_id}/"),
-    ("post", "/api/emails/portal-sessions/"),
+    ("get", DELIVERIES), ("get", DELIVERIES + "{delivery_id}/"),
+    ("post", DELIVERIES + "{delivery_id}/retry/"), ("post", ONE_ENDPOINT + "recover/"),
+    ("post", ONE_ENDPOINT + "test/"), ("post", "/api/emails/portal-sessions/"),
 ]  # fmt: skip
 
 
@@ -66,6 +69,34 @@ def test_operations_on_one_resource_document_404(
     assert (
         response_schema(document, method, path, "404")["properties"]["detail"]["type"] == "string"
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "statuses"),
+    [
+        ("post", DELIVERIES + "{delivery_id}/retry/", {"202", "404", "409"}),
+        ("post", ONE_ENDPOINT + "recover/", {"202", "404", "409"}),
+        ("post", ONE_ENDPOINT + "test/", {"200", "404", "429"}),
+        ("get", DELIVERIES, {"200"}),
+        ("get", DELIVERIES + "{delivery_id}/", {"200", "404"}),
+    ],
+)
+def test_the_operations_after_a_failure_document_their_answers_with_examples(
+    document: dict[str, Any], method: str, path: str, statuses: set[str]
+) -> None:
+    responses = document["paths"][path][method]["responses"]
+    assert statuses <= set(responses)
+    success = min(statuses)
+    assert responses[success]["content"]["application/json"]["example"]
+    if "429" in statuses:
+        assert "Retry-After" in responses["429"]["headers"]
+
+
+def test_the_delivery_log_publishes_its_bounds(document: dict[str, Any]) -> None:
+    params = {p["name"]: p["schema"] for p in document["paths"][DELIVERIES]["get"]["parameters"]}
+    assert (params["limit"]["minimum"], params["limit"]["maximum"]) == (1, 250)
+    assert params["cursor"]["anyOf"][0]["pattern"]
+    assert params["since"]["anyOf"][0]["pattern"] == TIMESTAMP_PATTERN
 
 
 def test_paging_bounds_are_published(document: dict[str, Any]) -> None:
@@ -219,3 +250,31 @@ def test_the_largest_unix_timestamp_is_the_last_second_of_9998() -> None:
     assert (
         datetime.fromtimestamp(MAX_UNIX_TIMESTAMP, UTC).isoformat() == "9998-12-31T23:59:59+00:00"
     )
+
+
+def test_the_bodies_receivers_get_are_in_webhooks(document: dict[str, Any]) -> None:
+    webhooks = document["webhooks"]
+    schemas = document["components"]["schemas"]
+    email = webhooks["email-event"]["post"]["requestBody"]["content"]["application/json"]
+    operational = webhooks["operational-event"]["post"]["requestBody"]["content"]
+    assert email["schema"] == {"$ref": "#/components/schemas/EmailEventPayload"}
+    assert set(schemas["EmailEventPayload"]["properties"]) == {
+        "id", "type", "recipient", "sent_email_id", "campaign_id", "metadata", "timestamp"
+    }  # fmt: skip
+    assert operational["application/json"]["schema"]["$ref"].endswith("OperationalEventPayload")
+    assert set(schemas["OperationalEventPayload"]["properties"]) == {
+        "id", "type", "endpoint_id", "url", "reason", "last_error", "timestamp"
+    }  # fmt: skip
+    assert schemas["OperationalEventPayload"]["properties"]["type"]["enum"] == [
+        "endpoint.failing",
+        "endpoint.disabled",
+    ]
+
+
+def test_the_operational_types_cannot_be_posted(document: dict[str, Any]) -> None:
+    body = document["paths"][EVENTS]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["$defs"]["EmailEventType"]["enum"] == [
+        "delivered", "opened", "clicked", "bounced", "unsubscribed"
+    ]  # fmt: skip
+    subscribed = document["components"]["schemas"]["EventType"]["enum"]  # what endpoints take
+    assert {"endpoint.failing", "endpoint.disabled"} <= set(subscribed)

@@ -194,3 +194,11 @@ def test_another_accounts_endpoint_is_404(client: TestClient, api_key: str, othe
     assert rotate(client, api_key, "no-such-id", {}).status_code == 404
     shown = client.get(f"{BASE}{endpoint['id']}/", headers=auth(api_key)).json()
     assert shown["secret"] == endpoint["secret"]
+
+
+def test_a_whole_number_as_a_json_float_is_a_whole_number(client: TestClient, api_key: str) -> None:
+    endpoint = create(client, api_key)
+    rotated = rotate(client, api_key, endpoint["id"], {"grace_seconds": 60.0})
+    assert rotated.status_code == 200, rotated.text
+    expires = datetime.fromisoformat(rotated.json()["previous_secret_expires_at"])
+    assert expires - datetime.now(UTC) <= timedelta(seconds=60)

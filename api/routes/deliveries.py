@@ -76,7 +76,7 @@ def _example(value: Any) -> dict[str, Any]:
     response_model=DeliveryPage,
     responses={
         200: {
-            **_example({"results": [_ITEM], "next_cursor": "AAAAAAAABBI"}),
+            **_example({"results": [_ITEM], "next_cursor": "AAZOewkMKgAAAAAAAAAEEg"}),
             "links": {
                 "GetDelivery": {
                     "operationId": "get_delivery",

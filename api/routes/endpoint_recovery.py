@@ -29,7 +29,6 @@ from dispatcher.probe import (
     send_probe,
 )
 from dispatcher.settings import USER_AGENT
-from dispatcher.transport import AddressPolicy, HttpTransport
 from models import endpoints as endpoints_store
 from models import recovery
 from models.base import utcnow
@@ -183,7 +182,10 @@ async def send_test_event(
         previous_secret=endpoint.signing_previous(now),
         headers=endpoint.headers,
     )
-    # Built as the delivery actors build theirs (dispatcher.actors.DeliveryActor).
+    # Built as the delivery actors build theirs (dispatcher.actors.DeliveryActor); imported
+    # here, so that API processes load the machinery only once they send a test event.
+    from dispatcher.transport import AddressPolicy, HttpTransport
+
     guard = AddressPolicy(allow_private=settings.dev, allowed_networks=settings.networks())
     transport = HttpTransport(guard, ca_bundle=settings.ca_bundle, limit=1)
     try:

@@ -18,12 +18,16 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("attempt", sa.Column("response_body", sa.Text(), nullable=True))
-    # Newest first by id, per account, status or endpoint (models.delivery_log).
+    # Newest first by creation time, per account, status or endpoint (models.delivery_log).
     op.drop_index("ix_delivery_endpoint", "delivery")
-    op.create_index("ix_delivery_endpoint", "delivery", ["endpoint_id", "status", "id"])
-    op.create_index("ix_delivery_log", "delivery", ["account_id", "id"])
-    op.create_index("ix_delivery_log_status", "delivery", ["account_id", "status", "id"])
-    op.create_index("ix_delivery_log_endpoint", "delivery", ["endpoint_id", "id"])
+    op.create_index(
+        "ix_delivery_endpoint", "delivery", ["endpoint_id", "status", "created_at", "id"]
+    )
+    op.create_index("ix_delivery_log", "delivery", ["account_id", "created_at", "id"])
+    op.create_index(
+        "ix_delivery_log_status", "delivery", ["account_id", "status", "created_at", "id"]
+    )
+    op.create_index("ix_delivery_log_endpoint", "delivery", ["endpoint_id", "created_at", "id"])
     # One account's events of a time window, for recovery (models.recovery).
     op.create_index("ix_event_account_created", "event", ["account_id", "created_at", "id"])
 

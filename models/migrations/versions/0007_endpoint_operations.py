@@ -35,7 +35,8 @@ def upgrade() -> None:
     op.create_table(
         "endpoint_stat",
         sa.Column("endpoint_id", sa.String(36), primary_key=True),
-        sa.Column("minute", UTC_TIMESTAMP, primary_key=True),
+        sa.Column("span", sa.Integer(), primary_key=True),
+        sa.Column("start", UTC_TIMESTAMP, primary_key=True),
         sa.Column("attempts", sa.BigInteger(), nullable=False),
         sa.Column("succeeded", sa.BigInteger(), nullable=False),
         *[sa.Column(name, sa.BigInteger(), nullable=False) for name in BUCKETS],
@@ -44,11 +45,11 @@ def upgrade() -> None:
         sa.Column("last_failure_status", sa.Integer(), nullable=True),
         sa.Column("last_failure_error", sa.String(500), nullable=True),
     )
-    op.create_index("ix_endpoint_stat_minute", "endpoint_stat", ["minute"])
+    op.create_index("ix_endpoint_stat_start", "endpoint_stat", ["start"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_endpoint_stat_minute", "endpoint_stat")
+    op.drop_index("ix_endpoint_stat_start", "endpoint_stat")
     op.drop_table("endpoint_stat")
     with op.batch_alter_table("endpoint") as batch:
         batch.drop_column("failing_notified")
