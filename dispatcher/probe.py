@@ -33,7 +33,7 @@ from pydantic import Field as PydanticField
 
 from dispatcher.errors import TransportError
 from dispatcher.outcome import Verdict, classify
-from models.event_types import EventType
+from models.event_types import EmailEventType
 from models.events import EventIn, payload_body
 from models.jobs import Job
 
@@ -49,7 +49,11 @@ class ProbeIn(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    type: EventType = PydanticField(default=EventType.DELIVERED, examples=["opened"])
+    type: EmailEventType = PydanticField(
+        default=EmailEventType.DELIVERED,
+        examples=["opened"],
+        description="One of the five email types (an operational event cannot be tested).",
+    )
 
 
 class ProbeResult(BaseModel):
@@ -69,7 +73,7 @@ class ProbeResult(BaseModel):
 
 
 def probe_payload(
-    event_type: EventType, now: datetime, event_id: str | None = None
+    event_type: EmailEventType, now: datetime, event_id: str | None = None
 ) -> tuple[str, str]:
     """The id and JSON body of a test event of ``event_type``: the seven public fields."""
     event_id = event_id or f"{TEST_PREFIX}{uuid.uuid4().hex}"
