@@ -263,11 +263,8 @@ def test_create_edit_disable_and_delete_an_endpoint(
 
     # Refusals appear beside their fields, in words.
     page.fill("#url", "ftp://example.com/hook")
-    page.uncheck("input[value=delivered]")
-    page.uncheck("input[value=opened]")
-    page.uncheck("input[value=clicked]")
-    page.uncheck("input[value=bounced]")
-    page.uncheck("input[value=unsubscribed]")
+    for box in page.locator("input[name=events]").all():
+        box.uncheck()
     page.fill("#rate_limit", "fast")
     page.click("text=Create endpoint")
     expect(page.locator("#url-error")).to_contain_text("https://")

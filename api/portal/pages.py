@@ -40,6 +40,9 @@ CHARTS = [
 # Rotate's choices of how long the old secret keeps signing (the API takes 0 to 7 days).
 GRACES = [(0, "no time: drop it now"), (3600, "1 hour"), (86400, "24 hours"), (604800, "7 days")]
 EVENT_TYPES = [t.value for t in EventType]
+# A new endpoint starts with the email types ticked; the operational ones are for the
+# endpoint that watches the others.
+EMAIL_TYPES = [t.value for t in EventType if not t.operational]
 
 
 def _forget(request: Request, endpoint_id: str) -> None:
@@ -130,7 +133,7 @@ def _form_context(
     """What the endpoint form shows: the submitted values if any, else the endpoint's."""
     if values is None:
         values = (
-            {"url": "", "events": EVENT_TYPES, "rate_limit": None, "headers": ""}
+            {"url": "", "events": EMAIL_TYPES, "rate_limit": None, "headers": ""}
             if endpoint is None
             else {
                 "url": endpoint.url,
@@ -230,7 +233,7 @@ def endpoint_page_response(
             endpoint, from_attributes=True
         ).previous_secret_expires_at,
         "graces": GRACES,
-        "event_types": EVENT_TYPES,
+        "test_types": EMAIL_TYPES,
         "can_test": True,
         "can_recover": True,
         "can_rotate": True,
