@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 
 from api import errors, openapi
@@ -14,6 +16,10 @@ from api.deps import DispatcherHandle
 from api.key_cache import KeyCache
 from api.metrics import IngestTimer, Metrics
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
+from api.portal import deliveries as portal_deliveries
+from api.portal import operations as portal_operations
+from api.portal import pages as portal
+from api.portal.links import PREFIX as PORTAL
 from api.routes import (
     deliveries,
     endpoint_operations,
@@ -22,6 +28,7 @@ from api.routes import (
     events,
     health,
     metrics,
+    portal_sessions,
 )
 from api.routing import operation_id
 from api.wakeups import Waker
@@ -32,6 +39,8 @@ from models.group_commit import GroupCommit
 
 ENDPOINT_BODY_LIMIT = 64 * 1024
 EVENTS_BODY_LIMIT = 1024 * 1024
+PORTAL_BODY_LIMIT = 64 * 1024
+PORTAL_STATIC = Path(__file__).parent / "portal" / "static"
 
 
 @asynccontextmanager
@@ -88,13 +97,21 @@ def create_app(
     app.include_router(deliveries.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(portal_sessions.router)
+    app.include_router(portal.router)
+    app.include_router(portal_operations.router)
+    app.include_router(portal_deliveries.router)
+    app.mount(f"{PORTAL}/static", StaticFiles(directory=PORTAL_STATIC), name="portal_static")
     app.add_middleware(
         BodyLimit,
         default=ENDPOINT_BODY_LIMIT,
         limits={"/api/emails/events/": EVENTS_BODY_LIMIT},
         prefix="/api/",
     )
+    # The portal's forms: nothing a page sends comes near this.
+    app.add_middleware(BodyLimit, default=PORTAL_BODY_LIMIT, prefix=f"{PORTAL}/")
     app.add_middleware(AssumeJson)
     app.add_middleware(OptionalTrailingSlash)
+    app.add_middleware(OptionalTrailingSlash, prefix=f"{PORTAL}/", exclude=(f"{PORTAL}/static/",))
     app.add_middleware(IngestTimer, metrics=app.state.metrics.ingest, path=events.router.prefix)
     return app

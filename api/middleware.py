@@ -17,14 +17,19 @@ class OptionalTrailingSlash:
     it, and a redirect would turn their POST into a GET in some HTTP clients.
     """
 
-    def __init__(self, app: ASGIApp, prefix: str = "/api/") -> None:
+    def __init__(self, app: ASGIApp, prefix: str = "/api/", exclude: tuple[str, ...] = ()) -> None:
         self.app = app
         self.prefix = prefix
+        self.exclude = exclude
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith(self.prefix) and not path.endswith("/"):
+            if (
+                path.startswith(self.prefix)
+                and not path.endswith("/")
+                and not path.startswith(self.exclude)
+            ):
                 scope = {**scope, "path": path + "/"}
                 if scope.get("raw_path"):
                     scope["raw_path"] = scope["raw_path"] + b"/"

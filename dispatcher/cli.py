@@ -130,13 +130,19 @@ def serve(
         engine = make_engine(settings.database_url)
         migrate.upgrade(engine)
         with Session(engine) as session:
-            if not accounts.any_key_exists(session):
+            created = not accounts.any_key_exists(session)
+            if created:
                 _, plain = accounts.create_key(session, "default")
                 log.warning(
                     "no API key existed: created one for account default, printed on stdout"
                     " only this once"
                 )
                 print(plain, flush=True)
+            # Beside the key, and at every start in development mode: a way into the portal.
+            if created or settings.dev:
+                link = _portal_link(session, "default", settings.public_url or _url(host, port))
+                if link is not None:
+                    print(f"portal (single use, 10 minutes): {link}", flush=True)
         if settings.dev:
             log.warning("development mode: http:// URLs and loopback destinations allowed")
         dispatcher = _dispatcher(settings, start=not no_dispatcher, detached=False)
@@ -180,6 +186,26 @@ def serve(
             # Holding `dispatcher`, this process keeps the actors alive while workers serve.
             Multiprocess(config, sockets=[listening]).run()
         log.info("service stopped")
+
+
+def _url(host: str, port: int) -> str:
+    """The URL a browser on this machine reaches ``serve`` on."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _portal_link(session: Session, account_name: str, base: str) -> str | None:
+    """A fresh single-use portal link of the account called ``account_name``, if it exists."""
+    from api.portal.links import link_url
+    from models.base import utcnow
+    from models.portal_sessions import mint_link
+
+    account = accounts.find_account(session, account_name)
+    if account is None:
+        return None
+    token, _ = mint_link(session, account.id, now=utcnow())
+    return link_url(base, token)
 
 
 def _server(config: uvicorn.Config) -> uvicorn.Server:
@@ -340,6 +366,28 @@ def keys_revoke(
             err.print(f"[red]No key with prefix {prefix!r}.[/]")
             raise typer.Exit(1) from None
     print(f"revoked {prefix}")
+
+
+@app.command("portal-link")
+def portal_link(
+    ctx: typer.Context,
+    account: Annotated[str, typer.Option(help="The account whose portal the link opens.")],
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The service's URL as the browser reaches it; default SENTINMAIL_PUBLIC_URL,"
+            " else http://127.0.0.1:8000."
+        ),
+    ] = None,
+) -> None:
+    """Print a link into the customer portal: it works once, within 10 minutes."""
+    base = base_url or _settings(ctx).public_url or _url("127.0.0.1", 8000)
+    with _migrated(ctx) as engine, Session(engine) as session:
+        link = _portal_link(session, account, base)
+    if link is None:
+        err.print(f"[red]No account {account!r}.[/] Create one with `sentinmail keys create`.")
+        raise typer.Exit(1)
+    print(link)
 
 
 @db_app.command("upgrade")

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         default=None, description="Address of a Ray cluster to join; a local Ray if unset."
     )
+    public_url: str | None = Field(
+        default=None,
+        description="The service's base URL as customers' browsers reach it (portal links"
+        " start with it); default: the URL the minting request came in on.",
+    )
     # Operations (issue 15): retention, logs.
     retention_days: float = Field(
         default=30.0,

@@ -47,6 +47,11 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def find_account(session: Session, name: str) -> Account | None:
+    """The account called ``name``, or None."""
+    return session.exec(select(Account).where(Account.name == name)).first()
+
+
 def get_or_create_account(session: Session, name: str) -> Account:
     """The account called ``name``, created if it does not exist yet."""
     account = session.exec(select(Account).where(Account.name == name)).first()

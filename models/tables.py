@@ -6,6 +6,7 @@ from models.deliveries import Attempt, Delivery
 from models.endpoint_stats import EndpointStat
 from models.endpoints import Endpoint
 from models.events import Event
+from models.portal_sessions import PortalSession
 
 __all__ = [
     "Account",
@@ -15,5 +16,6 @@ __all__ = [
     "Endpoint",
     "EndpointStat",
     "Event",
+    "PortalSession",
     "StoredCounter",
 ]

@@ -25,7 +25,7 @@ API_OPERATIONS = [
     ("patch", ONE_ENDPOINT), ("delete", ONE_ENDPOINT), ("post", EVENTS), ("get", EVENTS + "{event_id}/"),
     ("get", DELIVERIES), ("get", DELIVERIES + "{delivery_id}/"),
     ("post", DELIVERIES + "{delivery_id}/retry/"), ("post", ONE_ENDPOINT + "recover/"),
-    ("post", ONE_ENDPOINT + "test/"),
+    ("post", ONE_ENDPOINT + "test/"), ("post", "/api/emails/portal-sessions/"),
 ]  # fmt: skip
 
 

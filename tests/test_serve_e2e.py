@@ -42,7 +42,7 @@ def readme_curl_calls() -> list[str]:
 
 @contextmanager
 def serving(
-    database_url: str, *args: str, env: dict[str, str] | None = None
+    database_url: str, *args: str, env: dict[str, str] | None = None, start_timeout: float = 30
 ) -> Iterator[tuple[str, str, int]]:
     """``sentinmail serve ARGS`` on a free port; yields its URL, what it printed first, its pid."""
     port = free_port()
@@ -54,7 +54,7 @@ def serving(
         try:
             assert proc.stdout is not None
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + start_timeout
             while True:
                 try:
                     urllib.request.urlopen(f"{base}/healthz", timeout=1).close()
