@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from sqlmodel import Session
+from starlette.datastructures import FormData
 
 from api.deps import SessionDep, SettingsDep
 from api.portal import forms
@@ -151,6 +152,16 @@ def new_endpoint_page(request: Request, viewer: ViewerDep) -> Response:
     return page(request, "endpoint_new.html", _form_context(None, None, None))
 
 
+def _submitted(form: FormData) -> dict[str, Any]:
+    """The endpoint form's fields as submitted, to show again beside the reasons for refusal."""
+    return {
+        "url": forms.text(form, "url"),
+        "events": forms.choices(form, "events"),
+        "rate_limit": forms.text(form, "rate_limit"),
+        "headers": form.get("headers") or "",
+    }
+
+
 def _endpoint_changes(
     form: Any, settings: Any, model: type[EndpointCreate] | type[EndpointPatch]
 ) -> dict[str, Any]:
@@ -177,12 +188,7 @@ def create_endpoint(
     try:
         data = _endpoint_changes(form, settings, EndpointCreate)
     except forms.FormErrors as exc:
-        values = {
-            "url": forms.text(form, "url"),
-            "events": forms.choices(form, "events"),
-            "rate_limit": forms.text(form, "rate_limit"),
-            "headers": form.get("headers") or "",
-        }
+        values = _submitted(form)
         return page(request, "endpoint_new.html", _form_context(None, values, exc.errors), 422)
     endpoint = store.create_endpoint(session, viewer.account_id, EndpointCreate(**data))
     return see(f"/endpoints/{endpoint.id}/", "created")
@@ -276,12 +282,7 @@ def save_endpoint(
     try:
         data = _endpoint_changes(form, settings, EndpointPatch)
     except forms.FormErrors as exc:
-        values = {
-            "url": forms.text(form, "url"),
-            "events": forms.choices(form, "events"),
-            "rate_limit": forms.text(form, "rate_limit"),
-            "headers": form.get("headers") or "",
-        }
+        values = _submitted(form)
         return endpoint_page_response(
             request, session, endpoint, values=values, errors=exc.errors, status_code=422
         )
