@@ -8,6 +8,7 @@ The OpenAPI document declares them with these models (see ``api.routing``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -85,22 +86,18 @@ def _conflict(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.reason}, status_code=409)
 
 
-def _too_many(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, TooMany)
-    return JSONResponse(
-        {"detail": exc.reason},
-        status_code=429,
-        headers={"Retry-After": str(exc.retry_after)},
-    )
+def _come_back(status_code: int) -> Callable[[Request, Exception], JSONResponse]:
+    """A handler of an error that says when to retry: ``detail`` and ``Retry-After``."""
 
+    def handle(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, TooMany | Unavailable)
+        return JSONResponse(
+            {"detail": exc.reason},
+            status_code=status_code,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
 
-def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, Unavailable)
-    return JSONResponse(
-        {"detail": exc.reason},
-        status_code=503,
-        headers={"Retry-After": str(exc.retry_after)},
-    )
+    return handle
 
 
 def install(app: FastAPI) -> None:
@@ -108,6 +105,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(InvalidInput, _invalid)
-    app.add_exception_handler(Unavailable, _unavailable)
+    app.add_exception_handler(Unavailable, _come_back(503))
     app.add_exception_handler(Conflict, _conflict)
-    app.add_exception_handler(TooMany, _too_many)
+    app.add_exception_handler(TooMany, _come_back(429))
