@@ -82,6 +82,7 @@ def create_app(
     app.state.dispatcher = dispatcher
     app.state.metrics = Metrics(app.state.reader, dispatcher)
     app.state.keys = KeyCache(settings.key_cache_seconds)
+    app.state.key_lookups = {}  # key hash -> the lookup in flight (api.deps)
     app.state.probes = ProbeLimiter()  # test events, per process
     app.state.ingestion = GroupCommit(
         app.state.engine, committed=None if dispatcher is None else Waker(dispatcher).committed

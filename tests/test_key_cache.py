@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
@@ -114,3 +118,52 @@ def test_with_a_ttl_of_zero_a_revoked_key_is_refused_at_once(
 def test_the_bound_is_at_most_5_seconds(database_url: str, seconds: float) -> None:
     with pytest.raises(ValueError, match="key_cache_seconds"):
         Settings(database_url=database_url, key_cache_seconds=seconds)
+
+
+class SlowLookups:
+    """``api.deps._read_key`` that counts its calls and holds each until released."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+        read = api.deps._read_key
+
+        def counted(reader: Engine, key: str) -> Account | None:
+            self.calls += 1
+            assert self.release.wait(10), "the test did not release the lookup"
+            return read(reader, key)
+
+        monkeypatch.setattr(api.deps, "_read_key", counted)
+
+
+def test_requests_that_miss_together_share_one_lookup(
+    database_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = make_key(engine, "acme")
+    lookups = SlowLookups(monkeypatch)
+    app = create_app(Settings(database_url=database_url, key_cache_seconds=2.0), engine)
+    with TestClient(app) as client, ThreadPoolExecutor(16) as pool:
+        requests = [
+            pool.submit(client.get, ENDPOINTS, headers={"X-API-Key": key}) for _ in range(16)
+        ]
+        time.sleep(0.3)  # every request is waiting for a lookup by now
+        lookups.release.set()
+        assert [request.result(10).status_code for request in requests] == [200] * 16
+    assert lookups.calls == 1
+
+
+def test_a_lookup_older_than_the_bound_is_not_joined(
+    database_url: str, engine: Engine, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = make_key(engine, "acme")
+    lookups = SlowLookups(monkeypatch)
+    app = create_app(Settings(database_url=database_url, key_cache_seconds=2.0), engine)
+    with TestClient(app) as client, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(client.get, ENDPOINTS, headers={"X-API-Key": key})
+        time.sleep(0.2)
+        clock.now += 2.0  # the first lookup is now as old as the bound
+        second = pool.submit(client.get, ENDPOINTS, headers={"X-API-Key": key})
+        time.sleep(0.2)
+        lookups.release.set()
+        assert [first.result(10).status_code, second.result(10).status_code] == [200, 200]
+    assert lookups.calls == 2
