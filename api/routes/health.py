@@ -32,7 +32,9 @@ def healthz(request: Request, dispatcher: DispatcherDep) -> JSONResponse:
     """200 when the database and the dispatcher answer, 503 otherwise; the body says which."""
     body: dict[str, Any] = {"status": "ok", "database": "ok"}
     try:
-        with request.app.state.engine.connect() as connection:
+        # The reader: on SQLite the writers' engine takes the write turn first, and
+        # would wait for ever on a writer that holds it and does not commit.
+        with request.app.state.reader.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         body.update(status="unavailable", database=f"error: {type(exc).__name__}")
