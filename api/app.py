@@ -84,7 +84,9 @@ def create_app(
     app.state.keys = KeyCache(settings.key_cache_seconds)
     app.state.probes = ProbeLimiter()  # test events, per process
     app.state.ingestion = GroupCommit(
-        app.state.engine, committed=None if dispatcher is None else Waker(dispatcher).committed
+        app.state.engine,
+        max_waiting_events=settings.max_waiting_events,
+        committed=None if dispatcher is None else Waker(dispatcher).committed,
     )
     errors.install(app)
     openapi.install(app)
