@@ -87,6 +87,8 @@ def create_app(
         app.state.engine,
         max_waiting_events=settings.max_waiting_events,
         committed=None if dispatcher is None else Waker(dispatcher).committed,
+        waiting_changed=app.state.metrics.ingest.waiting,
+        refused=app.state.metrics.ingest.saturated,
     )
     errors.install(app)
     openapi.install(app)

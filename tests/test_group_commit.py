@@ -391,6 +391,11 @@ async def client_of(app: FastAPI) -> AsyncIterator[httpx2.AsyncClient]:
         yield client
 
 
+def sample(app: FastAPI, name: str) -> float | None:
+    value: float | None = app.state.metrics.registry.get_sample_value(name)
+    return value
+
+
 async def test_saturated_ingestion_refuses_at_once_with_503_stores_nothing_then_drains(
     settings: Settings, engine: Engine, client_keys: list[str], held_commit: Hold
 ) -> None:
@@ -405,6 +410,7 @@ async def test_saturated_ingestion_refuses_at_once_with_503_stores_nothing_then_
             )
         )
         await until(lambda: committer(app).waiting_events == 5)
+        assert sample(app, "sentinmail_ingest_waiting_events") == 5
         # Answered while the writer is still held: refused at once, not queued.
         (refused,) = await asyncio.wait_for(post_all(http, [(key, one("evt-over"))]), 10)
         assert refused.status_code == 503
@@ -412,9 +418,11 @@ async def test_saturated_ingestion_refuses_at_once_with_503_stores_nothing_then_
         assert "saturated" in refused.json()["detail"]
         assert not queued.done()
         assert committer(app).waiting_events == 5
+        assert sample(app, "sentinmail_ingest_saturated_requests_total") == 1
         held_commit.release()
         answers = [*(await first), *(await queued)]
         assert [r.status_code for r in answers] == [202, 202, 202]
+        assert sample(app, "sentinmail_ingest_waiting_events") == 0
         stored = {event_id for _, event_id in stored_ids(engine)}
         assert stored == {"evt-first", *(f"evt-{c}" for c in "abcde")}  # not evt-over
         # Drained: the same request is accepted now, and stored.
