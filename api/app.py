@@ -85,7 +85,11 @@ def create_app(
     app.state.key_lookups = {}  # key hash -> the lookup in flight (api.deps)
     app.state.probes = ProbeLimiter()  # test events, per process
     app.state.ingestion = GroupCommit(
-        app.state.engine, committed=None if dispatcher is None else Waker(dispatcher).committed
+        app.state.engine,
+        max_waiting_events=settings.max_waiting_events,
+        committed=None if dispatcher is None else Waker(dispatcher).committed,
+        waiting_changed=app.state.metrics.ingest.waiting,
+        refused=app.state.metrics.ingest.saturated,
     )
     errors.install(app)
     openapi.install(app)

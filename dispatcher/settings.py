@@ -95,6 +95,13 @@ class Settings(BaseSettings):
         description="The service's base URL as customers' browsers reach it (portal links"
         " start with it); default: the URL the minting request came in on.",
     )
+    max_waiting_events: int = Field(
+        default=50_000,
+        ge=1,
+        description="Events an API process holds waiting for the database at most; a request"
+        " that would exceed it is refused at once with 503 and Retry-After (one that finds"
+        " nothing waiting is always taken).",
+    )
     # Operations (issue 15): retention, logs.
     retention_days: float = Field(
         default=30.0,

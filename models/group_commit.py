@@ -25,16 +25,29 @@ that a request the database refuses (none is known: every request was
 validated before it joined) fails alone. A request whose own commit fails
 gets :class:`models.errors.Unavailable` (the API's 503 with ``Retry-After``),
 never a 202.
+
+Overload. What waits here is held in memory, and each request waits for its
+turn however long the database takes: a slow or stuck database would
+otherwise pile requests up without limit, each waiting for ever. So a request
+that would bring the events waiting (not yet in a commit) past
+``max_waiting_events`` is refused at once, nothing of it stored, with
+:class:`~models.errors.Unavailable` (:func:`admits`); one that finds nothing
+waiting is always taken, however large, or it could never be. And the age of
+the oldest request not yet answered (waiting, or in the commit under way) is
+what ``/healthz`` judges the writer by (:func:`writer_health`): past
+``stuck_after`` the writer is reported stuck.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal, NoReturn
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,6 +65,53 @@ ENOUGH_TO_COMMIT = 64
 MAX_GROUP_EVENTS = 2_000
 """Events per transaction at most (a larger request commits alone): a writer's
 turn on SQLite holds off the dispatcher's claims, so turns are kept short."""
+MAX_WAITING_EVENTS = 50_000
+"""Events waiting for a commit at most, per API process (``SENTINMAIL_MAX_WAITING_EVENTS``).
+
+Above what a busy fleet keeps in flight: the ingestion benchmark's heaviest
+phase holds 64 requests of 500 events (32,000) against one process, and that
+load is served, not refused. Small enough to matter: parsed, a typical event
+holds ~1.5 KB, so ~75 MB at the bound; and at the writer's measured 5,800 to
+16,000 events/s (``benchmarks/README.md``) it is 3 to 9 s of work, within any
+client's timeout. Past that, queueing more only adds memory and waits that
+clients give up on (and retry: more load)."""
+WRITER_STUCK_AFTER = 30.0
+"""Seconds the oldest request may have waited before the writer is reported stuck.
+
+A full queue is 3 to 9 s of work, and a commit that waits for a lock gives up
+after SQLite's busy timeout (30 s, ``models.db``): a request older than that
+is not waiting for a slow database but for one that does not answer (a commit
+that hangs, or a turn on the SQLite write lock that never comes), and its
+client, at a usual 30 s timeout, has given up already."""
+
+
+def admits(waiting_events: int, incoming: int, *, bound: int) -> bool:
+    """Whether a request of ``incoming`` events may wait with ``waiting_events`` others.
+
+    Refused only past ``bound`` and only if something waits: a request larger
+    than the bound is taken alone, or it could never be.
+    """
+    return waiting_events == 0 or waiting_events + incoming <= bound
+
+
+@dataclass(frozen=True, slots=True)
+class WriterHealth:
+    """The writer as ``/healthz`` shows it."""
+
+    status: Literal["ok", "stuck"]
+    waiting_events: int
+    """Events waiting for a commit (not those of the commit under way)."""
+    oldest_wait_s: float
+    """How long the oldest request not yet answered has waited (0: none)."""
+
+
+def writer_health(
+    now: float, oldest_arrival: float | None, waiting_events: int, *, stuck_after: float
+) -> WriterHealth:
+    """The writer is stuck once a request not yet answered has waited over ``stuck_after``."""
+    waited = 0.0 if oldest_arrival is None else max(0.0, now - oldest_arrival)
+    status: Literal["ok", "stuck"] = "stuck" if waited > stuck_after else "ok"
+    return WriterHealth(status, waiting_events, round(waited, 3))
 
 
 def gather_for(
@@ -68,13 +128,20 @@ class _Waiting:
     account_id: str
     events: Sequence[EventIn]
     answer: asyncio.Future[Ingested]
+    arrived: float
 
 
 class GroupCommit:
     """Commits the events of concurrent requests together, on one writer thread.
 
     ``committed`` is called on the event loop after each commit with what it
-    stored (the API wakes the dispatcher there).
+    stored (the API wakes the dispatcher there). ``waiting_changed`` is called
+    with the events waiting whenever that changes, and ``refused`` with the
+    events of each request refused for saturation (the API's metrics). Both
+    run on the event loop, in the request's path: keep them cheap.
+
+    :meth:`health` may be called from any thread (``/healthz`` runs on one of
+    the API's worker threads): it only reads.
     """
 
     def __init__(
@@ -84,14 +151,28 @@ class GroupCommit:
         max_events: int = MAX_GROUP_EVENTS,
         delay: float = COMMIT_DELAY,
         enough: int = ENOUGH_TO_COMMIT,
+        max_waiting_events: int = MAX_WAITING_EVENTS,
+        stuck_after: float = WRITER_STUCK_AFTER,
         committed: Callable[[list[Ingested]], None] | None = None,
+        waiting_changed: Callable[[int], None] | None = None,
+        refused: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
         self._max_events = max_events
         self._delay = delay
         self._enough = enough
+        self._max_waiting_events = max_waiting_events
+        self._stuck_after = stuck_after
         self._committed = committed
+        self._waiting_changed = waiting_changed
+        self._refused = refused
+        self._clock = clock
         self._waiting: deque[_Waiting] = deque()
+        self._waiting_events = 0
+        self._committing_since: float | None = None
+        """When the oldest request of the commit under way arrived (None: no commit)."""
+        self._saturated = False
         self._writer: asyncio.Task[None] | None = None
         self._db: ThreadPoolExecutor | None = None
         self.commits = 0
@@ -102,15 +183,56 @@ class GroupCommit:
         """Requests waiting for their group (those being committed are not counted)."""
         return len(self._waiting)
 
+    @property
+    def waiting_events(self) -> int:
+        """Events waiting for their group (those being committed are not counted)."""
+        return self._waiting_events
+
+    def health(self) -> WriterHealth:
+        """How much waits, and whether the oldest request has waited too long."""
+        oldest = self._committing_since
+        if oldest is None:
+            try:
+                oldest = self._waiting[0].arrived
+            except IndexError:  # emptied meanwhile, by the event loop's thread
+                oldest = None
+        return writer_health(
+            self._clock(), oldest, self._waiting_events, stuck_after=self._stuck_after
+        )
+
     async def ingest(self, account_id: str, events: Sequence[EventIn]) -> Ingested:
-        """Store ``events`` of ``account_id`` with what else waits; return once committed."""
+        """Store ``events`` of ``account_id`` with what else waits; return once committed.
+
+        Raises :class:`~models.errors.Unavailable` at once, nothing stored, if
+        the events waiting would exceed ``max_waiting_events``.
+        """
+        if not admits(self._waiting_events, len(events), bound=self._max_waiting_events):
+            self._refuse(len(events))
+        self._saturated = False
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Ingested] = loop.create_future()
-        self._waiting.append(_Waiting(account_id, events, answer))
+        self._waiting.append(_Waiting(account_id, events, answer, self._clock()))
+        self._waiting_events += len(events)
+        if self._waiting_changed is not None:
+            self._waiting_changed(self._waiting_events)
         if self._writer is None or self._writer.done():
             # Started on demand, ends when nothing waits: no task outlives its loop.
             self._writer = loop.create_task(self._write())
         return await answer
+
+    def _refuse(self, events: int) -> NoReturn:
+        if not self._saturated:  # once per episode, not once per request refused
+            self._saturated = True
+            log.warning(
+                "ingestion saturated: %d events wait for the database; refusing requests",
+                self._waiting_events,
+            )
+        if self._refused is not None:
+            self._refused(events)
+        raise Unavailable(
+            f"ingestion is saturated: {self._waiting_events} events are waiting for the "
+            "database; nothing of this request was stored, retry"
+        )
 
     def close(self) -> None:
         """Let the writer thread go (a later request starts another)."""
@@ -134,10 +256,13 @@ class GroupCommit:
             if not group:
                 continue
             started = loop.time()
+            self._committing_since = group[0].arrived
             try:
                 outcomes = await loop.run_in_executor(self._db, self._commit, group)
             except Exception as exc:  # a bug, not the database: each request fails with it
                 outcomes = [exc] * len(group)
+            finally:
+                self._committing_since = None
             stored: list[Ingested] = []
             for waiting, outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, Ingested):
@@ -163,10 +288,13 @@ class GroupCommit:
             if group and size + len(waiting.events) > self._max_events:
                 break
             self._waiting.popleft()
+            self._waiting_events -= len(waiting.events)
             if waiting.answer.done():  # cancelled before its turn: nothing to store
                 continue
             group.append(waiting)
             size += len(waiting.events)
+        if self._waiting_changed is not None:
+            self._waiting_changed(self._waiting_events)
         return group
 
     def _commit(self, group: list[_Waiting]) -> list[Ingested | BaseException]:

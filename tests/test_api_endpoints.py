@@ -459,7 +459,7 @@ def test_health_reports_the_database(client: TestClient) -> None:
 def test_health_is_503_when_the_database_is_gone(client: TestClient) -> None:
     from models.db import make_engine
 
-    client.app.state.engine = make_engine("sqlite:////nonexistent-dir/x.db")  # type: ignore[attr-defined]
+    client.app.state.reader = make_engine("sqlite:////nonexistent-dir/x.db")  # type: ignore[attr-defined]
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["status"] == "unavailable"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
@@ -21,7 +22,14 @@ from sqlmodel import Session, select
 from api.app import create_app
 from dispatcher.settings import Settings
 from models.events import Event, EventIn, ingest_many
-from models.group_commit import GroupCommit, gather_for
+from models.group_commit import (
+    MAX_WAITING_EVENTS,
+    GroupCommit,
+    WriterHealth,
+    admits,
+    gather_for,
+    writer_health,
+)
 from tests.conftest import make_key
 from tests.test_ingest import EVENTS, auth, count_rows, endpoint
 
@@ -317,3 +325,154 @@ async def test_a_failing_after_commit_hook_neither_fails_requests_nor_stops_the_
     group_commit.close()
     assert (first.accepted, second.accepted) == (["evt-1"], ["evt-2"])
     assert "the dispatcher is gone" in caplog.text
+
+
+# --- overload: a bounded queue, a stuck writer -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("waiting_events", "incoming", "bound", "admitted"),
+    [
+        (0, 1, 5, True),
+        (4, 1, 5, True),  # exactly at the bound
+        (5, 1, 5, False),
+        (3, 3, 5, False),  # the whole request must fit, not only its first events
+        (0, 1_000, 5, True),  # nothing waits: larger than the bound, taken alone
+        (1, 1_000, 5, False),
+        (49_000, 1_000, 50_000, True),
+        (49_001, 1_000, 50_000, False),
+    ],
+)
+def test_a_request_is_queued_only_while_the_events_waiting_stay_within_the_bound(
+    waiting_events: int, incoming: int, bound: int, admitted: bool
+) -> None:
+    assert admits(waiting_events, incoming, bound=bound) is admitted
+
+
+@pytest.mark.parametrize(
+    ("now", "oldest_arrival", "expected"),
+    [
+        (100.0, None, WriterHealth("ok", 7, 0.0)),  # nothing waits
+        (100.0, 100.0, WriterHealth("ok", 7, 0.0)),
+        (130.0, 100.0, WriterHealth("ok", 7, 30.0)),  # at the bound: not yet
+        (130.0004, 100.0, WriterHealth("stuck", 7, 30.0)),
+        (160.25, 100.0, WriterHealth("stuck", 7, 60.25)),
+        (99.0, 100.0, WriterHealth("ok", 7, 0.0)),  # a clock read before the arrival
+    ],
+)
+def test_the_writer_is_stuck_once_a_request_has_waited_over_the_bound(
+    now: float, oldest_arrival: float | None, expected: WriterHealth
+) -> None:
+    assert writer_health(now, oldest_arrival, 7, stuck_after=30.0) == expected
+
+
+def test_the_settings_default_bound_is_the_documented_one() -> None:
+    assert Settings().max_waiting_events == MAX_WAITING_EVENTS
+
+
+async def test_a_request_larger_than_the_bound_is_taken_when_nothing_waits(
+    engine: Engine, client_keys: list[str]
+) -> None:
+    group_commit = GroupCommit(engine, max_waiting_events=1)
+    account = account_of(engine, client_keys[0])
+    try:
+        result = await group_commit.ingest(
+            account, [EventIn.model_validate(one(f"evt-{n}")) for n in range(3)]
+        )
+    finally:
+        group_commit.close()
+    assert result.accepted == ["evt-0", "evt-1", "evt-2"]
+
+
+@asynccontextmanager
+async def client_of(app: FastAPI) -> AsyncIterator[httpx2.AsyncClient]:
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+def sample(app: FastAPI, name: str) -> float | None:
+    value: float | None = app.state.metrics.registry.get_sample_value(name)
+    return value
+
+
+async def test_saturated_ingestion_refuses_at_once_with_503_stores_nothing_then_drains(
+    settings: Settings, engine: Engine, client_keys: list[str], held_commit: Hold
+) -> None:
+    app = create_app(settings.model_copy(update={"max_waiting_events": 5}), engine)
+    key = client_keys[0]
+    async with client_of(app) as http:
+        first = await first_commit_held(http, key, held_commit)  # in the commit: not waiting
+        queued = asyncio.ensure_future(
+            post_all(
+                http,
+                [(key, [one("evt-a"), one("evt-b")]), (key, [one(f"evt-{c}") for c in "cde"])],
+            )
+        )
+        await until(lambda: committer(app).waiting_events == 5)
+        assert sample(app, "sentinmail_ingest_waiting_events") == 5
+        # Answered while the writer is still held: refused at once, not queued.
+        (refused,) = await asyncio.wait_for(post_all(http, [(key, one("evt-over"))]), 10)
+        assert refused.status_code == 503
+        assert refused.headers[RETRY_AFTER] == "1"
+        assert "saturated" in refused.json()["detail"]
+        assert not queued.done()
+        assert committer(app).waiting_events == 5
+        assert sample(app, "sentinmail_ingest_saturated_requests_total") == 1
+        held_commit.release()
+        answers = [*(await first), *(await queued)]
+        assert [r.status_code for r in answers] == [202, 202, 202]
+        assert sample(app, "sentinmail_ingest_waiting_events") == 0
+        stored = {event_id for _, event_id in stored_ids(engine)}
+        assert stored == {"evt-first", *(f"evt-{c}" for c in "abcde")}  # not evt-over
+        # Drained: the same request is accepted now, and stored.
+        (again,) = await post_all(http, [(key, one("evt-over"))])
+        assert again.status_code == 202
+        assert again.json()["accepted"] == ["evt-over"]
+    assert "evt-over" in {event_id for _, event_id in stored_ids(engine)}
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_healthz_is_503_naming_ingestion_while_the_writer_is_stuck_then_200(
+    app: FastAPI, engine: Engine, client_keys: list[str], held_commit: Hold
+) -> None:
+    clock = Clock()
+    app.state.ingestion = GroupCommit(engine, stuck_after=30.0, clock=clock)
+    async with client_of(app) as http:
+        first = await first_commit_held(http, client_keys[0], held_commit)
+        try:
+            healthy = await asyncio.wait_for(http.get("/healthz"), 10)
+            assert healthy.status_code == 200
+            assert healthy.json()["ingestion"] == {
+                "status": "ok",
+                "waiting_events": 0,
+                "oldest_wait_s": 0.0,
+            }
+            clock.now += 31  # the request in the commit has waited 31 s
+            stuck = await asyncio.wait_for(http.get("/healthz"), 10)
+            assert stuck.status_code == 503
+            body = stuck.json()
+            assert body["status"] == "unavailable"
+            assert body["database"] == "ok"  # the database answers: the writer is the cause
+            assert body["ingestion"] == {
+                "status": "stuck",
+                "waiting_events": 0,
+                "oldest_wait_s": 31.0,
+            }
+        finally:
+            held_commit.release()
+        ((answer,),) = [await first]
+        assert answer.status_code == 202
+        recovered = await asyncio.wait_for(http.get("/healthz"), 10)
+        assert recovered.status_code == 200
+        assert recovered.json()["ingestion"]["status"] == "ok"
+    app.state.ingestion.close()

@@ -59,6 +59,8 @@ REQUIRED = {
     "sentinmail_dispatcher_up": ("gauge", set()),
     "sentinmail_actors_up": ("gauge", {"actor"}),
     "sentinmail_database_up": ("gauge", set()),
+    "sentinmail_ingest_saturated_requests": ("counter", set()),
+    "sentinmail_ingest_waiting_events": ("gauge", set()),
 }
 # Every label a sample may carry, and the values it may take: nothing else, so no account,
 # endpoint or URL can ever appear in one.
@@ -351,6 +353,8 @@ metrics = IngestMetrics(registry=None)
 events = [EventIn(type=sys.argv[1], recipient="a@example.com")] * int(sys.argv[2])
 metrics.accepted(events, Ingested([f"e{i}" for i in range(len(events))], [], len(events)))
 metrics.duration.observe(0.01)
+metrics.waiting(int(sys.argv[2]))
+metrics.saturated(1)
 """
 
 EXPOSE = """
@@ -384,4 +388,6 @@ def test_api_processes_sharing_a_multiprocess_directory_add_up(
     assert value(families, "sentinmail_events_accepted_total", type="opened") == 7
     assert value(families, "sentinmail_events_accepted_total", type="bounced") == 1
     assert value(families, "sentinmail_ingest_request_duration_seconds_count") == 3
+    assert value(families, "sentinmail_ingest_saturated_requests_total") == 3
+    assert value(families, "sentinmail_ingest_waiting_events") == 8  # each process's, added up
     assert value(families, "sentinmail_attempts_total", result="success") == 0  # the database's

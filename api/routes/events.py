@@ -102,9 +102,10 @@ def _parse_and_validate(body: bytes) -> list[EventIn]:
         413: {**SHARED_RESPONSES[413], "description": "Request body over 1 MiB."},
         503: {
             "model": ErrorMessage,
-            "description": "The database did not commit: nothing is acknowledged. Retry after "
-            "the seconds in `Retry-After`; an event that was stored after all comes back "
-            "as a duplicate.",
+            "description": "Nothing is acknowledged: the database did not commit (an event "
+            "that was stored after all comes back as a duplicate), or ingestion is saturated, "
+            "too many events waiting for the database (nothing of the request was stored). "
+            "Retry after the seconds in `Retry-After`.",
             "headers": {
                 "Retry-After": {
                     "description": "Seconds to wait before retrying.",
@@ -120,6 +121,8 @@ async def ingest_events(request: Request) -> Response:
     202 means the events and their deliveries are committed: nothing accepted
     is lost. Delivery happens afterwards; follow it with ``GET /api/emails/events/{id}/``.
     Concurrent requests share a commit, and each is answered once it has returned.
+    When too many events already wait for the database, the request is refused at
+    once (503) rather than queued.
     """
     # The caller, the events and the group commit (models.group_commit) are got by
     # hand rather than as FastAPI dependencies: resolving those cost 32 us of the
