@@ -1,13 +1,19 @@
 """The one place where errors become HTTP responses, and the shapes they have.
 
 Every error body is JSON ``{"detail": ...}``: a sentence (:class:`ErrorMessage`:
-401, 404, 409, 429) or FastAPI's list of field errors (:class:`FieldErrors`: 422, 413),
-``[{"loc": [...], "msg": ..., "type": ...}]``, so clients parse one shape.
+401, 404, 409, 429, 503) or FastAPI's list of field errors (:class:`FieldErrors`: 422,
+413), ``[{"loc": [...], "msg": ..., "type": ...}]``, so clients parse one shape.
 The OpenAPI document declares them with these models (see ``api.routing``).
+
+A database that does not answer (down, restarting, failing over, a pool with
+no connection to give within its timeout, a PostgreSQL deadlock or
+serialization failure that aborted the transaction) is the service's bad
+moment, not the caller's mistake: 503 with ``Retry-After``, never a 500.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,9 +21,12 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from sqlalchemy import exc as sa
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
+from api.portal.links import PREFIX as PORTAL
+from api.portal.security import page
 from models.errors import Conflict, InvalidInput, NotFound, TooMany, Unavailable
 
 
@@ -100,6 +109,22 @@ def _come_back(status_code: int) -> Callable[[Request, Exception], JSONResponse]
     return handle
 
 
+DATABASE_DOWN = (sa.OperationalError, sa.InterfaceError, sa.TimeoutError)
+"""What a database that does not answer raises, rather than one that refuses a statement."""
+
+log = logging.getLogger(__name__)
+
+
+def _database_down(request: Request, exc: Exception) -> Response:
+    log.warning("%s %s: the database did not answer: %s", request.method, request.url.path, exc)
+    if request.url.path.startswith(f"{PORTAL}/"):  # a person's browser: a page, not JSON
+        response = page(request, "unavailable.html", status_code=503)
+        response.headers["Retry-After"] = "1"
+        return response
+    reason = f"the database did not answer ({type(exc).__name__}); retry"
+    return _come_back(503)(request, Unavailable(reason))
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers of HTTP and domain errors on ``app``."""
     app.add_exception_handler(HTTPException, _http_error)
@@ -108,3 +133,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Unavailable, _come_back(503))
     app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(TooMany, _come_back(429))
+    for error in DATABASE_DOWN:
+        app.add_exception_handler(error, _database_down)

@@ -5,7 +5,8 @@ declares its operations on it as usual. Every operation then, without saying so:
 
 - documents the errors any ``/api/`` call can answer (:data:`SHARED_RESPONSES`):
   401 without a live ``X-API-Key``, 413 for a body over the path's limit (the
-  ``BodyLimit`` middleware reads every ``/api/`` body), 422 with the field errors;
+  ``BodyLimit`` middleware reads every ``/api/`` body), 422 with the field errors,
+  503 with ``Retry-After`` when the database does not answer;
 - reads a JSON body as UTF-8 JSON (:class:`JsonRoute`): any other body gets the
   same 422 as malformed JSON, never FastAPI's undocumented 400;
 - is named in the OpenAPI document by its function's name (``operationId``),
@@ -32,6 +33,16 @@ SHARED_RESPONSES: Responses = {
     401: {"model": ErrorMessage, "description": "No live API key in `X-API-Key`."},
     413: {"model": FieldErrors, "description": "Request body over this path's size limit."},
     422: {"model": FieldErrors, "description": "A refused field, named by its `loc`."},
+    503: {
+        "model": ErrorMessage,
+        "description": "The database did not answer; retry after the seconds in `Retry-After`.",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
 }
 
 
