@@ -29,6 +29,12 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
+"""Seconds a new PostgreSQL connection may take (libpq's ``connect_timeout``; the URL's wins).
+
+libpq waits for ever by default: with the database's host gone, every thread
+that needed a connection hung (a SYN unanswered is retried for ~2 minutes),
+/healthz included. Now each gives up, and the API answers 503 (``api.errors``)."""
 READ_ONLY = "sentinmail_read_only"
 
 
@@ -110,8 +116,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     all after a failed commit, which is the one case that needs it.
     """
     kwargs.setdefault("pool_reset_on_return", None)
-    if make_url(url).get_backend_name() != "sqlite":
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
+        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S} | kwargs.get(
+                "connect_args", {}
+            )
         engine = create_engine(url, **kwargs)
         event.listen(engine, "reset", _roll_back_if_open)
         return engine

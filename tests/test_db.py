@@ -1,10 +1,14 @@
-"""SQLite writers take turns through the ``<database>-writelock`` file (``models.db``)."""
+"""SQLite writers take turns through the ``<database>-writelock`` file; PostgreSQL connects in bounded time."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
+import models.db
 from models.db import make_engine, reader
 
 
@@ -130,3 +135,51 @@ def test_a_failed_commit_gives_the_turn_back_and_leaves_no_transaction_behind(
         connection.execute(text("INSERT INTO t VALUES (2)"))
     with reader(engine).connect() as connection:
         assert connection.execute(text("SELECT id FROM t")).scalars().all() == [2]
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A loopback port that accepts connections and never says a word (a hung database host)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    for connection in accepted:
+        connection.close()
+    server.close()
+
+
+@pytest.mark.parametrize(("query", "expected_s"), [("", 1), ("?connect_timeout=2", 2)])
+def test_a_postgresql_host_that_does_not_answer_is_given_up_on(
+    silent_server: int, monkeypatch: pytest.MonkeyPatch, query: str, expected_s: float
+) -> None:
+    monkeypatch.setattr(models.db, "PG_CONNECT_TIMEOUT_S", 1)  # the default, made short
+    engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{silent_server}/x{query}")
+    outcome: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            engine.connect().close()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    began = time.monotonic()
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(expected_s + 10)
+    assert not thread.is_alive(), "the connection attempt is still waiting"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], OperationalError)
+    assert time.monotonic() - began >= expected_s * 0.9  # the URL's own setting wins
+    engine.dispose()
