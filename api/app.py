@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from api import errors, openapi
 from api.deps import DispatcherHandle
+from api.fast_ingest import IngestFastPath
 from api.key_cache import KeyCache
 from api.metrics import IngestTimer, Metrics
 from api.middleware import AssumeJson, BodyLimit, OptionalTrailingSlash
@@ -119,4 +120,8 @@ def create_app(
     app.add_middleware(OptionalTrailingSlash)
     app.add_middleware(OptionalTrailingSlash, prefix=f"{PORTAL}/", exclude=(f"{PORTAL}/static/",))
     app.add_middleware(IngestTimer, metrics=app.state.metrics.ingest, path=events.router.prefix)
+    # Outermost: the usual POST of events skips everything above (api.fast_ingest).
+    app.add_middleware(
+        IngestFastPath, path=events.router.prefix, limit=EVENTS_BODY_LIMIT, state=app.state
+    )
     return app

@@ -95,16 +95,21 @@ def _conflict(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.reason}, status_code=409)
 
 
+def come_back_later(status_code: int, exc: TooMany | Unavailable) -> JSONResponse:
+    """The answer to an error that says when to retry: ``detail`` and ``Retry-After``."""
+    return JSONResponse(
+        {"detail": exc.reason},
+        status_code=status_code,
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
 def _come_back(status_code: int) -> Callable[[Request, Exception], JSONResponse]:
-    """A handler of an error that says when to retry: ``detail`` and ``Retry-After``."""
+    """A handler of an error that says when to retry (:func:`come_back_later`)."""
 
     def handle(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, TooMany | Unavailable)
-        return JSONResponse(
-            {"detail": exc.reason},
-            status_code=status_code,
-            headers={"Retry-After": str(exc.retry_after)},
-        )
+        return come_back_later(status_code, exc)
 
     return handle
 
@@ -122,7 +127,7 @@ def _database_down(request: Request, exc: Exception) -> Response:
         response.headers["Retry-After"] = "1"
         return response
     reason = f"the database did not answer ({type(exc).__name__}); retry"
-    return _come_back(503)(request, Unavailable(reason))
+    return come_back_later(503, Unavailable(reason))
 
 
 def install(app: FastAPI) -> None:

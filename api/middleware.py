@@ -97,7 +97,7 @@ class BodyLimit:
         while True:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
-                await self.app(scope, _replay([message]), send)
+                await self.app(scope, replay([message]), send)
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
@@ -108,11 +108,11 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        await self.app(scope, _replay([whole], then=receive), send)
+        await self.app(scope, replay([whole], then=receive), send)
 
 
-def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
-    """A ``receive`` that yields ``messages``, then defers to ``then``."""
+def replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    """A ``receive`` that yields ``messages``, then defers to ``then`` (or says the client left)."""
     pending = list(messages)
 
     async def receive() -> Message:
