@@ -5,6 +5,11 @@ against SQLite, and also against PostgreSQL when ``SENTINMAIL_TEST_DATABASE_URL`
 points at a server (``.ci/run`` sets it). The PostgreSQL database is created
 with a unique name for the session, migrated once, emptied before each test
 and dropped at the end.
+
+``make test`` runs the suite in two phases: the tests not marked ``serial`` on
+two pytest-xdist workers, then those marked ``serial`` (see
+:func:`pytest_collection_modifyitems`) in one process, alone on the machine.
+A plain ``pytest`` runs everything in one process.
 """
 
 from __future__ import annotations
@@ -30,6 +35,22 @@ from models.jobs import Job
 
 PG_SERVER = os.environ.get("SENTINMAIL_TEST_DATABASE_URL")
 BACKENDS = ["sqlite", *(["postgresql"] if PG_SERVER else [])]
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects on the marker added here
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``serial`` every test that needs Ray, so that ``-m`` can run them apart.
+
+    Ray in tests is one ``ray.init(num_cpus=2)`` per session (an xdist worker
+    each would be two Ray clusters on two cores), and the Ray tests and the
+    benchmark scripts (Rays of their own) are timed for a machine they do not
+    share with another test: the tiny isolation run gives attempts 1 s, say.
+    Tests that assert wall-clock bounds of their own carry ``pytest.mark.serial``
+    by hand.
+    """
+    for item in items:
+        if item.get_closest_marker("ray") or "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

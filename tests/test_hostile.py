@@ -31,6 +31,10 @@ from dispatcher.errors import AttemptTimeout, ResponseTooLarge, TransportError
 from dispatcher.transport import AddressPolicy, HttpTransport, Request
 from tests.hostile import HOSTILE, serve
 
+# Wall-clock bounds (TIMEOUT + MARGIN) and memory measured in this process: alone on the
+# machine in `make test`, never beside an xdist worker.
+pytestmark = pytest.mark.serial
+
 LOOPBACK = AddressPolicy(allowed_networks=(ip_network("127.0.0.0/8"),))
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,

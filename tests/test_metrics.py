@@ -229,6 +229,7 @@ def test_an_actor_that_does_not_answer_leaves_its_numbers_out(
     assert value(families, "sentinmail_database_up") == 1
 
 
+@pytest.mark.serial  # a wall-clock bound: alone on the machine in `make test`
 def test_a_hanging_dispatcher_never_hangs_a_scrape(settings: Settings, engine: Engine) -> None:
     slow = SlowDispatcher(5.0, ANSWERS)
     app = create_app(settings, engine, slow)

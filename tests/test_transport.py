@@ -207,6 +207,7 @@ async def test_redirect_is_returned_not_followed(
     assert [hit.path for hit in receiver.hits] == ["/redirect"]
 
 
+@pytest.mark.serial  # a wall-clock bound: alone on the machine in `make test`
 async def test_slow_receiver_times_out_within_the_attempt_timeout(
     receiver: Receiver, make_transport: Callable[..., HttpTransport]
 ) -> None:
