@@ -16,7 +16,6 @@ from api.deps import (
     get_account,
     get_ingestion,
 )
-from api.errors import ErrorMessage
 from api.metrics import IngestMetrics, get_ingest_metrics
 from api.routing import SHARED_RESPONSES, not_found, resource_router
 from models import events as store
@@ -110,17 +109,11 @@ def _parse_and_validate(body: bytes) -> list[EventIn]:
         },
         413: {**SHARED_RESPONSES[413], "description": "Request body over 1 MiB."},
         503: {
-            "model": ErrorMessage,
-            "description": "Nothing is acknowledged: the database did not commit (an event "
-            "that was stored after all comes back as a duplicate), or ingestion is saturated, "
-            "too many events waiting for the database (nothing of the request was stored). "
-            "Retry after the seconds in `Retry-After`.",
-            "headers": {
-                "Retry-After": {
-                    "description": "Seconds to wait before retrying.",
-                    "schema": {"type": "integer", "minimum": 1},
-                }
-            },
+            **SHARED_RESPONSES[503],
+            "description": "Nothing is acknowledged: the database did not answer or commit "
+            "(an event that was stored after all comes back as a duplicate), or ingestion is "
+            "saturated, too many events waiting for the database (nothing of the request was "
+            "stored). Retry after the seconds in `Retry-After`.",
         },
     },
 )
