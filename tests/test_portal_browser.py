@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import shutil
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -27,15 +28,19 @@ from urllib.parse import urlencode
 
 import pytest
 import ray
+import uvicorn
 from aiohttp import web
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 from standardwebhooks import Webhook
 
+from api.app import create_app
+from api.portal.links import COOKIE
+from dispatcher.settings import Settings
 from models.db import make_engine
 from tests.conftest import make_key
 from tests.receivers import Receiver, Receivers, ok, wait_until
-from tests.test_serve_e2e import dispatcher_actors, serving
+from tests.test_serve_e2e import dispatcher_actors, free_port, serving
 
 SCREENSHOTS = os.environ.get("SENTINMAIL_PORTAL_SCREENSHOTS")
 SERIOUS = {"serious", "critical"}
@@ -493,3 +498,31 @@ def test_another_accounts_delivery_answers_404(page: Page, portal: Portal, tmp_p
     )
     assert retried.status == 404
     assert portal.deliveries(key=other)[0]["attempt_count"] == 1
+
+
+# --- the bad moment ---------------------------------------------------------------------
+
+
+def test_the_portal_says_when_its_database_does_not_answer(page: Page, tmp_path: Path) -> None:
+    """A signed-in customer whose portal cannot reach the database gets a page, not JSON or a 500."""
+    url = f"sqlite:///{tmp_path}/no/such/directory/sentinmail.db"
+    port = free_port()
+    app = create_app(Settings(database_url=url, dev=True), make_engine(url))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=30)
+        base = f"http://127.0.0.1:{port}"
+        page.context.add_cookies([{"name": COOKIE, "value": "a-session", "url": base}])
+        response = page.goto(f"{base}/portal/endpoints/")
+        assert response is not None
+        assert response.status == 503
+        assert response.headers["retry-after"] == "1"
+        expect(
+            page.get_by_role("heading", name="The portal cannot reach its database")
+        ).to_be_visible()
+        check(page, "database-unavailable", tmp_path)
+    finally:
+        server.should_exit = True
+        thread.join(30)
