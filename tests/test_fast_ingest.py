@@ -43,7 +43,7 @@ def event(id_: str, **fields: Any) -> dict[str, Any]:
 
 
 def fast(client: TestClient) -> IngestFastPath:
-    """The app's fast path (the outermost middleware)."""
+    """The app's fast path (found down the middleware stack)."""
     stack: Any = client.app.middleware_stack  # type: ignore[attr-defined]
     while not isinstance(stack, IngestFastPath):
         stack = stack.app
