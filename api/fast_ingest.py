@@ -9,9 +9,9 @@ them, 150 without (2026-12-03, 64 in flight, per-thread CPU from ``/proc``;
 the bare FastAPI server of ``benchmarks.bare`` spends 150 on the same
 machine then). :class:`IngestFastPath` serves that request with the route's
 own code (:func:`api.routes.events.accept`, the same group commit, metrics
-and answer), timed by the same ``IngestTimer`` as every other. Every other request (no key or one not in the cache, a body
-refused by validation or over the limit, a client that left, another path
-or method) goes on to the application, its body replayed, and is answered
+and answer), timed by the same ``IngestTimer``. Every other request (no key
+or one not in the cache, a body refused by validation or over the limit, a
+client that left, another path or method) goes on to the application, its body replayed, and is answered
 exactly as before: each error is still decided in one place.
 """
 
