@@ -11,8 +11,9 @@ machine then). :class:`IngestFastPath` serves that request with the route's
 own code (:func:`api.routes.events.accept`, the same group commit, metrics
 and answer), timed by the same ``IngestTimer``. Every other request (no key
 or one not in the cache, a body refused by validation or over the limit, a
-client that left, another path or method) goes on to the application, its body replayed, and is answered
-exactly as before: each error is still decided in one place.
+client that left, another path or method) goes on to the application, its
+body replayed, and is answered exactly as before: each error is still
+decided in one place.
 """
 
 from __future__ import annotations
